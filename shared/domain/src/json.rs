@@ -1,0 +1,83 @@
+//! JSON ↔ `google.protobuf.Struct`, for the HTTP facade and the CLI.
+
+use prost_types::value::Kind;
+use prost_types::{ListValue, Struct, Value};
+use serde_json::Value as Json;
+
+/// A JSON object as a Struct; `None` if `json` is not an object.
+pub fn to_struct(json: &Json) -> Option<Struct> {
+    match json {
+        Json::Object(map) => Some(Struct {
+            fields: map.iter().map(|(k, v)| (k.clone(), to_value(v))).collect(),
+        }),
+        _ => None,
+    }
+}
+
+pub fn to_value(json: &Json) -> Value {
+    let kind = match json {
+        Json::Null => Kind::NullValue(0),
+        Json::Bool(b) => Kind::BoolValue(*b),
+        Json::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        Json::String(s) => Kind::StringValue(s.clone()),
+        Json::Array(items) => Kind::ListValue(ListValue {
+            values: items.iter().map(to_value).collect(),
+        }),
+        Json::Object(_) => Kind::StructValue(to_struct(json).unwrap_or_default()),
+    };
+    Value { kind: Some(kind) }
+}
+
+pub fn from_struct(s: &Struct) -> Json {
+    Json::Object(
+        s.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), from_value(v)))
+            .collect(),
+    )
+}
+
+pub fn from_value(v: &Value) -> Json {
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => Json::Null,
+        Some(Kind::BoolValue(b)) => Json::Bool(*b),
+        Some(Kind::NumberValue(n)) => {
+            if n.fract() == 0.0 && n.abs() < 9.0e15 {
+                Json::from(*n as i64)
+            } else {
+                serde_json::Number::from_f64(*n).map_or(Json::Null, Json::Number)
+            }
+        }
+        Some(Kind::StringValue(s)) => Json::String(s.clone()),
+        Some(Kind::ListValue(l)) => Json::Array(l.values.iter().map(from_value).collect()),
+        Some(Kind::StructValue(s)) => from_struct(s),
+    }
+}
+
+/// Nesting depth of a Struct: `{}` is 1, `{"a": {}}` is 2, lists count too.
+pub fn depth(s: &Struct) -> usize {
+    1 + s.fields.values().map(value_depth).max().unwrap_or(0)
+}
+
+fn value_depth(v: &Value) -> usize {
+    match &v.kind {
+        Some(Kind::StructValue(s)) => depth(s),
+        Some(Kind::ListValue(l)) => 1 + l.values.iter().map(value_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn round_trips() {
+        let j = json!({"a": 1, "b": [1.5, "x", null, true], "c": {"d": {}}});
+        let s = to_struct(&j).unwrap();
+        assert_eq!(from_struct(&s), j);
+        assert_eq!(depth(&s), 3);
+        assert!(to_struct(&json!([1])).is_none());
+    }
+}

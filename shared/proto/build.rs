@@ -1,0 +1,25 @@
+//! Compiles proto/tps/v1 with protox (pure Rust, no system protoc) and writes the
+//! file descriptor set that the servers register for gRPC reflection.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = [
+        "tps/v1/signal.proto",
+        "tps/v1/events.proto",
+        "tps/v1/gateway.proto",
+        "tps/v1/worker.proto",
+        "tps/v1/aggregator.proto",
+    ];
+    let mut compiler = protox::Compiler::new([&root])?;
+    compiler
+        .include_imports(true)
+        .include_source_info(true)
+        .open_files(files)?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("tps_descriptor.bin"), compiler.encode_file_descriptor_set())?;
+    tonic_prost_build::configure().compile_fds(compiler.file_descriptor_set())?;
+    println!("cargo:rerun-if-changed={}", root.display());
+    Ok(())
+}

@@ -1,0 +1,374 @@
+//! The one configuration loader. Every setting comes from the environment
+//! (`TPS_*`, plus the conventional `NATS_URL`, `RABBITMQ_URL` and
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`), has a documented default, and is validated
+//! at start-up: a bad value stops the process with an error naming the
+//! variable. Nothing else in the code base reads the environment.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A bad configuration value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid {var}={value:?}: {reason}")]
+pub struct ConfigError {
+    pub var: String,
+    pub value: String,
+    pub reason: String,
+}
+
+/// A snapshot of the environment to read settings from.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    vars: HashMap<String, String>,
+}
+
+impl Env {
+    /// The process environment.
+    pub fn from_process() -> Self {
+        Self {
+            vars: std::env::vars().collect(),
+        }
+    }
+
+    /// A given set of variables (tests, or a binary that overlays flags).
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Self {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
+    /// Sets a variable in this snapshot (not in the process environment).
+    pub fn set(&mut self, var: &str, value: impl Into<String>) {
+        self.vars.insert(var.to_owned(), value.into());
+    }
+
+    /// The raw value, if set and not empty.
+    pub fn get(&self, var: &str) -> Option<&str> {
+        self.vars
+            .get(var)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    pub fn string(&self, var: &str, default: &str) -> String {
+        self.get(var).unwrap_or(default).to_owned()
+    }
+
+    fn error(var: &str, value: &str, reason: impl Display) -> ConfigError {
+        ConfigError {
+            var: var.to_owned(),
+            value: value.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// A parsed value, or `default` when unset.
+    pub fn parse<T>(&self, var: &str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        match self.get(var) {
+            None => Ok(default),
+            Some(raw) => raw.parse().map_err(|e| Self::error(var, raw, e)),
+        }
+    }
+
+    /// A number within `min..=max`.
+    pub fn bounded<T>(&self, var: &str, default: T, min: T, max: T) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + Display + Copy,
+        T::Err: Display,
+    {
+        let v = self.parse(var, default)?;
+        if v < min || v > max {
+            let raw = self.get(var).unwrap_or_default();
+            return Err(Self::error(
+                var,
+                raw,
+                format!("must be between {min} and {max}"),
+            ));
+        }
+        Ok(v)
+    }
+
+    /// A duration: `30` (seconds), `30s`, `500ms`, `2m`, `1h`.
+    pub fn duration(&self, var: &str, default: Duration) -> Result<Duration, ConfigError> {
+        match self.get(var) {
+            None => Ok(default),
+            Some(raw) => parse_duration(raw).map_err(|e| Self::error(var, raw, e)),
+        }
+    }
+
+    /// A listen address such as `0.0.0.0:50051`; port 0 picks a free port.
+    pub fn addr(&self, var: &str, default: &str) -> Result<SocketAddr, ConfigError> {
+        let raw = self.get(var).unwrap_or(default);
+        raw.parse()
+            .map_err(|_| Self::error(var, raw, "expected host:port, e.g. 127.0.0.1:50051"))
+    }
+
+    /// A URL whose scheme is one of `schemes`.
+    pub fn url(&self, var: &str, default: &str, schemes: &[&str]) -> Result<String, ConfigError> {
+        let raw = self.get(var).unwrap_or(default);
+        for url in raw.split(',') {
+            let ok = url
+                .split_once("://")
+                .is_some_and(|(scheme, rest)| schemes.contains(&scheme) && !rest.is_empty());
+            if !ok {
+                return Err(Self::error(
+                    var,
+                    &redact_url(raw),
+                    format!("expected a URL with scheme {}", schemes.join(" or ")),
+                ));
+            }
+        }
+        Ok(raw.to_owned())
+    }
+
+    /// One of a fixed set of words.
+    pub fn choice(&self, var: &str, default: &str, allowed: &[&str]) -> Result<String, ConfigError> {
+        let raw = self.get(var).unwrap_or(default);
+        if allowed.contains(&raw) {
+            Ok(raw.to_owned())
+        } else {
+            Err(Self::error(
+                var,
+                raw,
+                format!("expected one of {}", allowed.join(", ")),
+            ))
+        }
+    }
+}
+
+/// Parses `30`, `30s`, `250ms`, `2m`, `1h`.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let split = raw
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(raw.len());
+    let (num, unit) = raw.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| "expected a duration such as 30s, 500ms, 2m".to_owned())?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => return Err(format!("unknown unit {other:?}; use ms, s, m or h")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err("must be a non-negative duration".to_owned());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `amqp://user:secret@host/` → `amqp://user:***@host/`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Settings every TPS process reads.
+#[derive(Debug, Clone)]
+pub struct CommonConfig {
+    /// `NATS_URL`, default `nats://127.0.0.1:4222` (comma-separated for a cluster).
+    pub nats_url: String,
+    /// `RABBITMQ_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f` (the fallback broker).
+    pub rabbitmq_url: String,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: traces are exported by OTLP/gRPC when set.
+    pub otlp_endpoint: Option<String>,
+    /// `TPS_NAMESPACE`: suffix for every stream, consumer, bucket and subject
+    /// prefix, so several stacks (or tests) can share one broker. Default none.
+    pub namespace: String,
+    /// `TPS_LOG_FORMAT`: `json` (default) or `text`.
+    pub log_format: String,
+    /// `TPS_LOG` (or `RUST_LOG`): a tracing filter, default `info`.
+    pub log_filter: String,
+    /// `TPS_PORTS_FILE`: where to write the bound addresses as JSON (tests, scripts).
+    pub ports_file: Option<String>,
+    /// `TPS_INSTANCE_ID`: this replica's name; default hostname-pid.
+    pub instance_id: String,
+}
+
+impl CommonConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let namespace = env.string("TPS_NAMESPACE", "");
+        if !namespace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(Env::error(
+                "TPS_NAMESPACE",
+                &namespace,
+                "letters, digits, '_' and '-' only",
+            ));
+        }
+        let default_instance = format!(
+            "{}-{}",
+            env.get("HOSTNAME").unwrap_or("local"),
+            std::process::id()
+        );
+        Ok(Self {
+            nats_url: env.url("NATS_URL", "nats://127.0.0.1:4222", &["nats", "tls"])?,
+            rabbitmq_url: env.url(
+                "RABBITMQ_URL",
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+                &["amqp", "amqps"],
+            )?,
+            otlp_endpoint: match env.get("OTEL_EXPORTER_OTLP_ENDPOINT") {
+                None => None,
+                Some(_) => Some(env.url("OTEL_EXPORTER_OTLP_ENDPOINT", "", &["http", "https"])?),
+            },
+            namespace,
+            log_format: env.choice("TPS_LOG_FORMAT", "json", &["json", "text"])?,
+            log_filter: env
+                .get("TPS_LOG")
+                .or_else(|| env.get("RUST_LOG"))
+                .unwrap_or("info")
+                .to_owned(),
+            ports_file: env.get("TPS_PORTS_FILE").map(str::to_owned),
+            instance_id: env.string("TPS_INSTANCE_ID", &default_instance),
+        })
+    }
+}
+
+/// Jidoka: the circuit breaker's settings (the breaker itself: `tps-jidoka`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// `TPS_CB_THRESHOLD` (default 5): failures that trip the breaker.
+    pub threshold: u32,
+    /// `TPS_CB_TIMEOUT` (default 30s): how long it stays open.
+    pub timeout: Duration,
+}
+
+impl BreakerConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let timeout = env.duration("TPS_CB_TIMEOUT", Duration::from_secs(30))?;
+        if timeout.is_zero() || timeout > Duration::from_secs(3600) {
+            return Err(Env::error(
+                "TPS_CB_TIMEOUT",
+                env.get("TPS_CB_TIMEOUT").unwrap_or_default(),
+                "must be between 1ms and 1h",
+            ));
+        }
+        Ok(Self {
+            threshold: env.bounded("TPS_CB_THRESHOLD", 5, 1, 10_000)?,
+            timeout,
+        })
+    }
+}
+
+/// Kanban and Heijunka: how much work may wait and how much may be in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KanbanConfig {
+    /// `TPS_KANBAN_BUFFER` (default 1000): signals that may wait per pool.
+    pub buffer: u32,
+    /// `TPS_NUM_WORKERS` (default 4): concurrent handlers in one worker replica.
+    pub num_workers: u32,
+    /// `TPS_HEIJUNKA_POOL` (default 4): replicas a pool is sized for; the
+    /// pool's capacity (max in flight across replicas) is
+    /// `TPS_NUM_WORKERS × TPS_HEIJUNKA_POOL`.
+    pub heijunka_pool: u32,
+}
+
+impl KanbanConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            buffer: env.bounded("TPS_KANBAN_BUFFER", 1000, 1, 10_000_000)?,
+            num_workers: env.bounded("TPS_NUM_WORKERS", 4, 1, 4096)?,
+            heijunka_pool: env.bounded("TPS_HEIJUNKA_POOL", 4, 1, 1024)?,
+        })
+    }
+
+    /// Work in flight a whole pool may hold (the consumer's max_ack_pending).
+    pub fn pool_capacity(&self) -> u32 {
+        self.num_workers.saturating_mul(self.heijunka_pool)
+    }
+}
+
+/// Andon: `TPS_ANDON_HISTORY` (default 100) transitions are kept.
+pub fn andon_history(env: &Env) -> Result<usize, ConfigError> {
+    env.bounded("TPS_ANDON_HISTORY", 100, 1, 100_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_seeds() {
+        let env = Env::default();
+        let b = BreakerConfig::from_env(&env).unwrap();
+        assert_eq!(b.threshold, 5);
+        assert_eq!(b.timeout, Duration::from_secs(30));
+        let k = KanbanConfig::from_env(&env).unwrap();
+        assert_eq!((k.buffer, k.num_workers, k.heijunka_pool), (1000, 4, 4));
+        assert_eq!(andon_history(&env).unwrap(), 100);
+        let c = CommonConfig::from_env(&env).unwrap();
+        assert_eq!(c.nats_url, "nats://127.0.0.1:4222");
+        assert!(c.otlp_endpoint.is_none());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let env = Env::from_pairs([("TPS_NUM_WORKERS", "lots")]);
+        let e = KanbanConfig::from_env(&env).unwrap_err();
+        assert_eq!(e.var, "TPS_NUM_WORKERS");
+        assert!(e.to_string().contains("TPS_NUM_WORKERS=\"lots\""), "{e}");
+
+        let env = Env::from_pairs([("TPS_KANBAN_BUFFER", "0")]);
+        let e = KanbanConfig::from_env(&env).unwrap_err();
+        assert_eq!(e.var, "TPS_KANBAN_BUFFER");
+
+        let env = Env::from_pairs([("TPS_CB_TIMEOUT", "soon")]);
+        assert_eq!(BreakerConfig::from_env(&env).unwrap_err().var, "TPS_CB_TIMEOUT");
+
+        let env = Env::from_pairs([("NATS_URL", "localhost:4222")]);
+        assert_eq!(CommonConfig::from_env(&env).unwrap_err().var, "NATS_URL");
+
+        let env = Env::from_pairs([("TPS_GRPC_ADDR", "50051")]);
+        assert_eq!(
+            env.addr("TPS_GRPC_ADDR", "0.0.0.0:50051").unwrap_err().var,
+            "TPS_GRPC_ADDR"
+        );
+    }
+
+    #[test]
+    fn durations_accept_units_and_bare_seconds() {
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("2 fortnights").is_err());
+        assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        assert_eq!(
+            redact_url("amqp://guest:hunter2@rabbit:5672/%2f"),
+            "amqp://guest:***@rabbit:5672/%2f"
+        );
+        assert_eq!(redact_url("nats://nats:4222"), "nats://nats:4222");
+        let env = Env::from_pairs([("RABBITMQ_URL", "http://u:hunter2@x")]);
+        let e = CommonConfig::from_env(&env).unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+}
