@@ -81,3 +81,44 @@ mod tests {
         assert!(to_struct(&json!([1])).is_none());
     }
 }
+
+/// A signal's status as the HTTP facade and the CLI show it.
+pub fn status_view(status: &tps_proto::v1::SignalStatus) -> Json {
+    use crate::names;
+    let signal = status.signal.clone().unwrap_or_default();
+    let ts = |t: &Option<prost_types::Timestamp>| t.as_ref().map(|t| t.to_string());
+    serde_json::json!({
+        "signal_id": signal.id,
+        "state": names::state(status.state()),
+        "signal_type": names::signal_type(signal.r#type()),
+        "pool": names::pool(signal.pool()),
+        "priority": signal.priority,
+        "attempt": status.attempt,
+        "message": status.message,
+        "output": status.output.as_ref().map(from_struct),
+        "payload": signal.payload.as_ref().map(from_struct),
+        "worker_id": status.worker_id,
+        "trace_id": status.trace_id,
+        "idempotency_key": signal.idempotency_key,
+        "submitted_at": ts(&signal.submitted_at),
+        "deadline": ts(&signal.deadline),
+        "updated_at": ts(&status.updated_at),
+        "started_at": ts(&status.started_at),
+        "finished_at": ts(&status.finished_at),
+    })
+}
+
+/// A submit answer as the HTTP facade and the CLI show it.
+pub fn submit_view(r: &tps_proto::v1::SubmitResponse) -> Json {
+    use crate::names;
+    serde_json::json!({
+        "success": true,
+        "signal_id": r.id,
+        "pool": names::pool(r.pool()),
+        "state": names::state(r.state()),
+        "trace_id": r.trace_id,
+        "attempt": r.attempt,
+        "duplicate": r.duplicate,
+        "message": format!("{} on {}", names::state(r.state()), r.subject),
+    })
+}

@@ -12,3 +12,20 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use config::{ConfigError, Env};
+
+/// Why a service could not start or keep running.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("telemetry: {0}")]
+    Telemetry(#[from] telemetry::TelemetryError),
+    #[error("listen: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("broker: {0}")]
+    Broker(String),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}

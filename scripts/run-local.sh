@@ -1,0 +1,378 @@
+#!/usr/bin/env bash
+# run-local.sh: the whole TPS flow on this machine, without Docker (`make run-local`).
+#
+#   scripts/run-local.sh          start NATS + the four services, wait for Ctrl-C
+#   scripts/run-local.sh stop     stop a run started in the background (`... &`)
+#
+# What it does: finds or installs nats-server (scripts/ensure-nats.sh), starts a
+# private JetStream server, builds the binaries (cargo build --release --bins),
+# starts tps-gateway, tps-worker --pool fast, tps-worker --pool slow and
+# tps-aggregator, waits until each has written its ports file (the addresses it
+# actually bound), prints them, then waits. Ctrl-C (or SIGTERM, or `stop`)
+# sends SIGTERM to the services, then to NATS, and waits for them to exit.
+# If any of them dies on its own, the script prints the tail of its log and
+# stops the rest.
+#
+# Everything it writes goes to the run directory (default .run/, gitignored):
+#   pids                "name pid executable" per line (the supervisor included)
+#   nats.log  nats-store/   the NATS server's log and JetStream data (kept across
+#                           runs; `make clean` removes it)
+#   <service>.log       each service's log
+#   <service>.ports     JSON written by the service once bound,
+#                       e.g. {"grpc":"127.0.0.1:50051","http":"127.0.0.1:8080","metrics":"127.0.0.1:9101"}
+#
+# Settings (environment; an address of 127.0.0.1:0 lets the OS pick a port, and
+# the table printed at the end shows what was bound):
+#   RUN_DIR                   run directory                 (.run under the repo)
+#   NATS_PORT                 NATS client port              (4222; a free port is
+#                                                            picked if it is busy)
+#   GATEWAY_GRPC_ADDR         gateway gRPC                  (127.0.0.1:50051)
+#   GATEWAY_HTTP_ADDR         gateway HTTP/JSON facade      (127.0.0.1:8080)
+#   GATEWAY_METRICS_ADDR      gateway /metrics              (127.0.0.1:9101)
+#   WORKER_FAST_GRPC_ADDR     fast-pool worker gRPC         (127.0.0.1:50052)
+#   WORKER_FAST_METRICS_ADDR  fast-pool worker /metrics     (127.0.0.1:9102)
+#   WORKER_SLOW_GRPC_ADDR     slow-pool worker gRPC         (127.0.0.1:50054)
+#   WORKER_SLOW_METRICS_ADDR  slow-pool worker /metrics     (127.0.0.1:9103)
+#   AGGREGATOR_GRPC_ADDR      aggregator gRPC               (127.0.0.1:50053)
+#   AGGREGATOR_HTTP_ADDR      aggregator Andon web board    (127.0.0.1:8081; passed
+#                             as TPS_HTTP_ADDR, shown only if the aggregator reports it)
+#   AGGREGATOR_METRICS_ADDR   aggregator /metrics           (127.0.0.1:9104)
+#   BIN_DIR                   use the binaries in this directory and skip the build
+#   START_TIMEOUT             seconds to wait for the services to bind (60)
+#   STOP_TIMEOUT              seconds each process gets after SIGTERM before SIGKILL (20)
+#   NATS_SERVER               the nats-server binary to use (else ensure-nats.sh finds one)
+#   CARGO_TARGET_DIR          respected by the build
+#
+# Every TPS_* variable you export (TPS_NUM_WORKERS, TPS_KANBAN_BUFFER,
+# TPS_CB_THRESHOLD, TPS_LOG, ...) reaches all four services unchanged, except
+# the per-process ones this script sets: TPS_GRPC_ADDR, TPS_HTTP_ADDR,
+# TPS_METRICS_ADDR and TPS_PORTS_FILE. TPS_LOG_FORMAT defaults to text here.
+# RabbitMQ (the fallback broker) is not started by this script.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+RUN_DIR=${RUN_DIR:-$ROOT/.run}
+mkdir -p "$RUN_DIR"
+RUN_DIR=$(cd "$RUN_DIR" && pwd)
+PIDS_FILE=$RUN_DIR/pids
+START_TIMEOUT=${START_TIMEOUT:-60}
+STOP_TIMEOUT=${STOP_TIMEOUT:-20}
+
+SERVICES=(gateway worker-fast worker-slow aggregator)
+
+log() { printf 'run-local: %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# --- process helpers (by pid only) ----------------------------------------
+
+# True while pid is a live (not zombie) process.
+is_running() {
+    local pid=$1 stat
+    [[ -r /proc/$pid/stat ]] || return 1
+    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [[ ${stat%% *} != Z ]]
+}
+
+# True while pid is live and still the program we started (guards against pid reuse).
+is_ours() {
+    local pid=$1 exe=$2
+    is_running "$pid" || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$exe"
+}
+
+# SIGTERM the given "name pid exe" records, wait up to STOP_TIMEOUT, then SIGKILL.
+stop_records() {
+    local rec name pid exe deadline
+    local -a live=()
+    for rec in "$@"; do
+        read -r name pid exe <<<"$rec"
+        if is_ours "$pid" "$exe"; then
+            log "stopping $name (pid $pid)"
+            kill -TERM "$pid" 2>/dev/null || true
+            live+=("$rec")
+        fi
+    done
+    deadline=$((SECONDS + STOP_TIMEOUT))
+    for rec in "${live[@]}"; do
+        read -r name pid exe <<<"$rec"
+        while is_running "$pid" && ((SECONDS < deadline)); do
+            sleep 0.2
+        done
+        if is_running "$pid"; then
+            log "$name (pid $pid) still running ${STOP_TIMEOUT}s after SIGTERM: SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        wait "$pid" 2>/dev/null || true # reaps it when it is our child
+    done
+}
+
+records_named() { # prints the pids-file records whose name matches one of the arguments
+    local name pid exe want
+    [[ -f $PIDS_FILE ]] || return 0
+    while read -r name pid exe; do
+        for want in "$@"; do
+            [[ $name == "$want" ]] && printf '%s %s %s\n' "$name" "$pid" "$exe"
+        done
+    done <"$PIDS_FILE"
+}
+
+stop_all_recorded() {
+    local -a svc=() nats=()
+    mapfile -t svc < <(records_named "${SERVICES[@]}")
+    mapfile -t nats < <(records_named nats)
+    ((${#svc[@]})) && stop_records "${svc[@]}"
+    ((${#nats[@]})) && stop_records "${nats[@]}"
+    return 0
+}
+
+# --- `stop` ---------------------------------------------------------------
+
+if [[ ${1:-} == stop ]]; then
+    [[ -f $PIDS_FILE ]] || { log "nothing to stop: no $PIDS_FILE"; exit 0; }
+    mapfile -t sup < <(records_named supervisor)
+    if ((${#sup[@]})); then
+        read -r _ spid sexe <<<"${sup[0]}"
+        if is_ours "$spid" "$sexe"; then
+            # The supervisor stops its children in order and waits for them.
+            log "asking the run-local supervisor (pid $spid) to stop"
+            kill -TERM "$spid" 2>/dev/null || true
+            deadline=$((SECONDS + STOP_TIMEOUT * 2 + 5))
+            while is_running "$spid" && ((SECONDS < deadline)); do sleep 0.2; done
+        fi
+    fi
+    # Whatever is left (the supervisor was killed, or did not finish): by pid.
+    stop_all_recorded
+    rm -f "$PIDS_FILE"
+    log "stopped"
+    exit 0
+elif [[ -n ${1:-} && ${1:-} != start ]]; then
+    die "usage: $0 [start|stop]"
+fi
+
+# --- start ----------------------------------------------------------------
+
+command -v python3 >/dev/null 2>&1 || die "python3 is needed (port checks, ports files)"
+
+if [[ -f $PIDS_FILE ]]; then
+    while read -r name pid exe; do
+        if is_ours "$pid" "$exe"; then
+            die "already running ($name is pid $pid); stop it with: scripts/run-local.sh stop"
+        fi
+    done <"$PIDS_FILE"
+    rm -f "$PIDS_FILE"
+fi
+
+# port_free HOST:PORT: true if a listener could bind there now (port 0 always is).
+port_free() {
+    local addr=$1 host port
+    host=${addr%:*}
+    port=${addr##*:}
+    host=${host#[}
+    host=${host%]}
+    [[ $port == 0 ]] && return 0
+    python3 - "$host" "$port" <<'PY' 2>/dev/null
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((host, port))
+s.close()
+PY
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+GATEWAY_GRPC_ADDR=${GATEWAY_GRPC_ADDR:-127.0.0.1:50051}
+GATEWAY_HTTP_ADDR=${GATEWAY_HTTP_ADDR:-127.0.0.1:8080}
+GATEWAY_METRICS_ADDR=${GATEWAY_METRICS_ADDR:-127.0.0.1:9101}
+WORKER_FAST_GRPC_ADDR=${WORKER_FAST_GRPC_ADDR:-127.0.0.1:50052}
+WORKER_FAST_METRICS_ADDR=${WORKER_FAST_METRICS_ADDR:-127.0.0.1:9102}
+WORKER_SLOW_GRPC_ADDR=${WORKER_SLOW_GRPC_ADDR:-127.0.0.1:50054}
+WORKER_SLOW_METRICS_ADDR=${WORKER_SLOW_METRICS_ADDR:-127.0.0.1:9103}
+AGGREGATOR_GRPC_ADDR=${AGGREGATOR_GRPC_ADDR:-127.0.0.1:50053}
+AGGREGATOR_HTTP_ADDR=${AGGREGATOR_HTTP_ADDR:-127.0.0.1:8081}
+AGGREGATOR_METRICS_ADDR=${AGGREGATOR_METRICS_ADDR:-127.0.0.1:9104}
+
+# Refuse early and clearly rather than let a service die on "address in use".
+for var in GATEWAY_GRPC_ADDR GATEWAY_HTTP_ADDR GATEWAY_METRICS_ADDR \
+    WORKER_FAST_GRPC_ADDR WORKER_FAST_METRICS_ADDR \
+    WORKER_SLOW_GRPC_ADDR WORKER_SLOW_METRICS_ADDR \
+    AGGREGATOR_GRPC_ADDR AGGREGATOR_HTTP_ADDR AGGREGATOR_METRICS_ADDR; do
+    port_free "${!var}" || die "$var=${!var} is in use (or not bindable); set $var to another address, e.g. 127.0.0.1:0"
+done
+
+# The binaries. Built before NATS starts so a long compile holds no server.
+if [[ -n ${BIN_DIR:-} ]]; then
+    BIN_DIR=$(cd "$BIN_DIR" && pwd)
+    log "using prebuilt binaries in $BIN_DIR (BIN_DIR set: no build)"
+else
+    log "cargo build --release --bins"
+    cargo build --release --bins >&2
+    target_dir=$(cargo metadata --no-deps --format-version 1 2>/dev/null |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null) ||
+        target_dir=${CARGO_TARGET_DIR:-$ROOT/target}
+    BIN_DIR=$target_dir/release
+fi
+for b in tps-gateway tps-worker tps-aggregator; do
+    [[ -x $BIN_DIR/$b ]] || die "$BIN_DIR/$b not found: is its crate a member of the workspace and does it build?"
+done
+
+NATS_SERVER=$(bash "$ROOT/scripts/ensure-nats.sh")
+
+# From here on anything we started is stopped on the way out.
+CLEANED=
+cleanup() {
+    [[ -n $CLEANED ]] && return 0
+    CLEANED=1
+    trap - INT TERM
+    stop_all_recorded
+    rm -f "$PIDS_FILE" "$RUN_DIR"/*.ports "$RUN_DIR"/*.ports.tmp
+    log "all stopped; logs are in $RUN_DIR"
+}
+trap 'cleanup; exit 130' INT
+trap 'cleanup; exit 143' TERM
+trap 'rc=$?; cleanup; exit $rc' EXIT
+
+printf 'supervisor %s run-local.sh\n' "$$" >"$PIDS_FILE"
+
+# --- NATS -----------------------------------------------------------------
+NATS_PORT=${NATS_PORT:-4222}
+if ! port_free "127.0.0.1:$NATS_PORT"; then
+    busy=$NATS_PORT
+    NATS_PORT=$(free_port)
+    log "port $busy is busy; NATS will listen on $NATS_PORT"
+fi
+mkdir -p "$RUN_DIR/nats-store"
+: >"$RUN_DIR/nats.log"
+"$NATS_SERVER" -js -n tps-local -a 127.0.0.1 -p "$NATS_PORT" \
+    -sd "$RUN_DIR/nats-store" -l "$RUN_DIR/nats.log" </dev/null >>"$RUN_DIR/nats.log" 2>&1 &
+NATS_PID=$!
+printf 'nats %s %s\n' "$NATS_PID" "$(basename "$NATS_SERVER")" >>"$PIDS_FILE"
+log "nats-server pid $NATS_PID on 127.0.0.1:$NATS_PORT (JetStream store $RUN_DIR/nats-store)"
+
+deadline=$((SECONDS + 15))
+until (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null; do
+    if ! is_running "$NATS_PID"; then
+        tail -n 30 "$RUN_DIR/nats.log" >&2 || true
+        die "nats-server exited during start-up (log above: $RUN_DIR/nats.log)"
+    fi
+    ((SECONDS < deadline)) || die "nats-server did not accept connections on 127.0.0.1:$NATS_PORT within 15s"
+    sleep 0.2
+done
+export NATS_URL=nats://127.0.0.1:$NATS_PORT
+
+# --- the services ---------------------------------------------------------
+export TPS_LOG_FORMAT=${TPS_LOG_FORMAT:-text}
+rm -f "$RUN_DIR"/*.ports "$RUN_DIR"/*.ports.tmp
+
+# start NAME GRPC HTTP METRICS EXE [ARGS...]  (HTTP may be "-" for none)
+start() {
+    local name=$1 grpc=$2 http=$3 metrics=$4 exe=$5
+    shift 5
+    local -a envs=(TPS_GRPC_ADDR="$grpc" TPS_METRICS_ADDR="$metrics" TPS_PORTS_FILE="$RUN_DIR/$name.ports")
+    [[ $http != - ]] && envs+=(TPS_HTTP_ADDR="$http")
+    : >"$RUN_DIR/$name.log"
+    # `env` execs the binary, so $! is the service's own pid.
+    env -u TPS_HTTP_ADDR "${envs[@]}" "$BIN_DIR/$exe" "$@" </dev/null >>"$RUN_DIR/$name.log" 2>&1 &
+    local pid=$!
+    printf '%s %s %s\n' "$name" "$pid" "$exe" >>"$PIDS_FILE"
+    log "$name pid $pid ($exe $*), log $RUN_DIR/$name.log"
+}
+
+start gateway "$GATEWAY_GRPC_ADDR" "$GATEWAY_HTTP_ADDR" "$GATEWAY_METRICS_ADDR" tps-gateway
+start worker-fast "$WORKER_FAST_GRPC_ADDR" - "$WORKER_FAST_METRICS_ADDR" tps-worker --pool fast
+start worker-slow "$WORKER_SLOW_GRPC_ADDR" - "$WORKER_SLOW_METRICS_ADDR" tps-worker --pool slow
+start aggregator "$AGGREGATOR_GRPC_ADDR" "$AGGREGATOR_HTTP_ADDR" "$AGGREGATOR_METRICS_ADDR" tps-aggregator
+
+# A process that is gone: print its log tail and fail (the EXIT trap stops the rest).
+check_alive() {
+    local name pid exe
+    while read -r name pid exe; do
+        [[ $name == supervisor ]] && continue
+        if ! is_running "$pid"; then
+            local logf=$RUN_DIR/$name.log status=""
+            wait "$pid" 2>/dev/null || status=" (exit status $?)"
+            log "$name (pid $pid) exited$status; last lines of $logf:"
+            tail -n 40 "$logf" | sed 's/^/    /' >&2 || true
+            return 1
+        fi
+    done <"$PIDS_FILE"
+}
+
+deadline=$((SECONDS + START_TIMEOUT))
+while :; do
+    check_alive || die "start-up failed"
+    missing=()
+    for s in "${SERVICES[@]}"; do
+        [[ -s $RUN_DIR/$s.ports ]] || missing+=("$s")
+    done
+    ((${#missing[@]} == 0)) && break
+    if ((SECONDS >= deadline)); then
+        for s in "${missing[@]}"; do
+            log "$s wrote no $RUN_DIR/$s.ports within ${START_TIMEOUT}s; last lines of its log:"
+            tail -n 40 "$RUN_DIR/$s.log" | sed 's/^/    /' >&2 || true
+        done
+        die "start-up timed out waiting for: ${missing[*]}"
+    fi
+    sleep 0.25
+done
+
+# --- what is running --------------------------------------------------------
+# port NAME LISTENER: the address a service reported, or empty.
+port() {
+    python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get(sys.argv[2], ""))' \
+        "$RUN_DIR/$1.ports" "$2" 2>/dev/null || true
+}
+
+{
+    echo
+    echo "TPS is running locally (run dir $RUN_DIR)"
+    echo
+    printf '  %-12s %-8s %-8s %s\n' SERVICE PID LISTENER ADDRESS
+    printf '  %-12s %-8s %-8s %s\n' nats "$NATS_PID" client "nats://127.0.0.1:$NATS_PORT"
+    while read -r name pid _; do
+        [[ $name == supervisor || $name == nats ]] && continue
+        python3 - "$RUN_DIR/$name.ports" "$name" "$pid" <<'PY'
+import json, sys
+path, name, pid = sys.argv[1:4]
+for listener, addr in sorted(json.load(open(path)).items()):
+    print(f"  {name:<12} {pid:<8} {listener:<8} {addr}")
+PY
+    done <"$PIDS_FILE"
+    gw_grpc=$(port gateway grpc)
+    gw_http=$(port gateway http)
+    agg_grpc=$(port aggregator grpc)
+    echo
+    echo "Try:"
+    [[ -n $gw_grpc ]] && cat <<EOF
+  grpcurl -plaintext $gw_grpc list
+  grpcurl -plaintext $gw_grpc grpc.health.v1.Health/Check
+EOF
+    [[ -n $agg_grpc ]] && echo "  grpcurl -plaintext $agg_grpc list"
+    [[ -n $gw_http ]] && cat <<EOF
+  curl -s http://$gw_http/health
+  curl -s -X POST http://$gw_http/signal -H 'Content-Type: application/json' \\
+       -d '{"signal_type":"execute","payload":{"task":"demo"}}'
+EOF
+    [[ -x $BIN_DIR/tpsctl ]] && echo "  $BIN_DIR/tpsctl --help"
+    echo "  tail -f $RUN_DIR/*.log"
+    echo
+    echo "Ctrl-C stops everything (or, if started with '&': scripts/run-local.sh stop)."
+    echo
+}
+
+# --- wait until told to stop, or until something dies ------------------------
+while :; do
+    rc=0
+    wait -n || rc=$?
+    # A signal interrupts `wait` and runs its trap, which exits; getting here
+    # means a child ended by itself.
+    check_alive || die "a process exited unexpectedly; stopping the rest"
+    ((rc == 127)) && die "no processes left to wait for"
+done

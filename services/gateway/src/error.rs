@@ -1,0 +1,159 @@
+//! The gateway's errors, mapped once to gRPC codes (with google.rpc details)
+//! and to HTTP statuses with a JSON body, so both transports say the same.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use tonic::Code;
+use tonic_types::{ErrorDetails, StatusExt};
+use tps_domain::validate::FieldViolation;
+use tps_queue::QueueError;
+
+/// The `domain` of every google.rpc.ErrorInfo the gateway sends.
+pub const ERROR_DOMAIN: &str = "tps.v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid request: {}", describe(.0))]
+    Invalid(Vec<FieldViolation>),
+    #[error("signal {0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the {pool} queue is full; retry later")]
+    QueueFull { pool: String },
+    #[error("the queue is unavailable; the signal was not accepted")]
+    QueueUnavailable,
+    #[error("not implemented yet: {0}")]
+    Unimplemented(&'static str),
+    #[error("internal error")]
+    Internal,
+}
+
+fn describe(v: &[FieldViolation]) -> String {
+    v.iter()
+        .map(|f| format!("{}: {}", f.field, f.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ApiError {
+    pub fn code(&self) -> Code {
+        match self {
+            Self::Invalid(_) => Code::InvalidArgument,
+            Self::NotFound(_) => Code::NotFound,
+            Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::Conflict(_) => Code::Aborted,
+            Self::QueueFull { .. } => Code::ResourceExhausted,
+            Self::QueueUnavailable => Code::Unavailable,
+            Self::Unimplemented(_) => Code::Unimplemented,
+            Self::Internal => Code::Internal,
+        }
+    }
+
+    /// The machine-readable reason (ErrorInfo.reason, the `refused` metric label).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "INVALID_ARGUMENT",
+            Self::NotFound(_) => "NOT_FOUND",
+            Self::FailedPrecondition(_) => "FAILED_PRECONDITION",
+            Self::Conflict(_) => "CONFLICT",
+            Self::QueueFull { .. } => "QUEUE_FULL",
+            Self::QueueUnavailable => "QUEUE_UNAVAILABLE",
+            Self::Unimplemented(_) => "UNIMPLEMENTED",
+            Self::Internal => "INTERNAL",
+        }
+    }
+
+    /// How long a client should wait before retrying, where retrying helps.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::QueueFull { .. } => Some(Duration::from_secs(1)),
+            Self::QueueUnavailable => Some(Duration::from_secs(5)),
+            _ => None,
+        }
+    }
+
+    pub fn http_status(&self) -> StatusCode {
+        match self.code() {
+            Code::InvalidArgument => StatusCode::BAD_REQUEST,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::FailedPrecondition | Code::Aborted => StatusCode::CONFLICT,
+            Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The JSON error body of the HTTP facade: `{code, reason, message, details[]}`.
+    pub fn body(&self) -> serde_json::Value {
+        let details: Vec<_> = match self {
+            Self::Invalid(v) => v
+                .iter()
+                .map(|f| serde_json::json!({"field": f.field, "description": f.description}))
+                .collect(),
+            _ => Vec::new(),
+        };
+        serde_json::json!({
+            "success": false,
+            "code": format!("{:?}", self.code()).to_uppercase(),
+            "reason": self.reason(),
+            "message": self.to_string(),
+            "details": details,
+        })
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::Full(pool) => Self::QueueFull { pool },
+            QueueError::Unavailable(reason) => {
+                tracing::warn!(%reason, "queue unavailable");
+                Self::QueueUnavailable
+            }
+            other => {
+                tracing::error!(error = %other, "queue error");
+                Self::Internal
+            }
+        }
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        let mut details = ErrorDetails::new();
+        if let ApiError::Invalid(violations) = &e {
+            for v in violations {
+                details.add_bad_request_violation(&v.field, &v.description);
+            }
+        }
+        let mut metadata = HashMap::new();
+        if let ApiError::QueueFull { pool } = &e {
+            metadata.insert("pool".to_owned(), pool.clone());
+        }
+        details.set_error_info(e.reason(), ERROR_DOMAIN, metadata);
+        if let Some(after) = e.retry_after() {
+            details.set_retry_info(Some(after));
+        }
+        tonic::Status::with_error_details(e.code(), e.to_string(), details)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.http_status(), Json(self.body())).into_response();
+        if let Some(after) = self.retry_after()
+            && let Ok(v) = after.as_secs().max(1).to_string().parse()
+        {
+            response.headers_mut().insert("retry-after", v);
+        }
+        response
+    }
+}

@@ -1,0 +1,223 @@
+//! The gRPC face of the gateway: SignalService and AdminService. Each method
+//! is a thin adapter over [`crate::core::Core`].
+
+use std::collections::HashMap;
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status, Streaming};
+use tps_proto::v1::admin_service_server::AdminService;
+use tps_proto::v1::signal_service_server::SignalService;
+use tps_proto::v1::{
+    CircuitRequest, CircuitResponse, GetRequest, InfoRequest, InfoResponse, ListDeadLettersRequest,
+    ListDeadLettersResponse, QueueStatus, Refusal, ReplayRequest, ReplayResponse, RetryRequest,
+    ShutdownRequest, ShutdownResponse, SignalStatus, StatusRequest, StatusResponse, SubmitRequest,
+    SubmitResponse, SubmitStreamResponse, WatchRequest, submit_stream_response,
+};
+
+use crate::core::SharedCore;
+use crate::error::ApiError;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[derive(Clone)]
+pub struct Signals(pub SharedCore);
+
+#[derive(Clone)]
+pub struct Admin(pub SharedCore);
+
+/// The caller's W3C trace context from gRPC metadata.
+pub fn trace_context(metadata: &MetadataMap) -> HashMap<String, String> {
+    ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|k| {
+            metadata
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| (k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+fn with_trace_header<T>(body: T, trace_id: &str) -> Response<T> {
+    let mut response = Response::new(body);
+    if let Ok(v) = trace_id.parse() {
+        response.metadata_mut().insert("x-trace-id", v);
+    }
+    response
+}
+
+#[tonic::async_trait]
+impl SignalService for Signals {
+    async fn submit(
+        &self,
+        request: Request<SubmitRequest>,
+    ) -> Result<Response<SubmitResponse>, Status> {
+        let parent = trace_context(request.metadata());
+        let accepted = self.0.submit(request.into_inner(), &parent).await?;
+        let trace_id = accepted.trace_id.clone();
+        Ok(with_trace_header(accepted, &trace_id))
+    }
+
+    type SubmitStreamStream = BoxStream<SubmitStreamResponse>;
+
+    async fn submit_stream(
+        &self,
+        request: Request<Streaming<SubmitRequest>>,
+    ) -> Result<Response<Self::SubmitStreamStream>, Status> {
+        let parent = trace_context(request.metadata());
+        let core = self.0.clone();
+        let requests = request.into_inner();
+        let responses = requests.enumerate().then(move |(index, req)| {
+            let core = core.clone();
+            let parent = parent.clone();
+            async move {
+                let req = req?;
+                let result = match core.submit(req, &parent).await {
+                    Ok(accepted) => submit_stream_response::Result::Accepted(accepted),
+                    Err(e) => submit_stream_response::Result::Refused(refusal(&e)),
+                };
+                Ok(SubmitStreamResponse {
+                    index: index as u64,
+                    result: Some(result),
+                })
+            }
+        });
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<SignalStatus>, Status> {
+        Ok(Response::new(self.0.get(&request.into_inner().id).await?))
+    }
+
+    type WatchStream = BoxStream<SignalStatus>;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let updates = self.0.watch(&request.into_inner().id).await?;
+        Ok(Response::new(Box::pin(updates.map(|r| r.map_err(Status::from)))))
+    }
+
+    async fn retry(
+        &self,
+        request: Request<RetryRequest>,
+    ) -> Result<Response<SubmitResponse>, Status> {
+        let accepted = self.0.retry(&request.into_inner().id).await?;
+        let trace_id = accepted.trace_id.clone();
+        Ok(with_trace_header(accepted, &trace_id))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        _request: Request<ListDeadLettersRequest>,
+    ) -> Result<Response<ListDeadLettersResponse>, Status> {
+        Err(ApiError::Unimplemented(
+            "ListDeadLetters arrives with the dead-letter queue (Jidoka/Kanban/Heijunka issue)",
+        )
+        .into())
+    }
+
+    async fn replay(
+        &self,
+        _request: Request<ReplayRequest>,
+    ) -> Result<Response<ReplayResponse>, Status> {
+        Err(ApiError::Unimplemented(
+            "Replay arrives with the dead-letter queue (Jidoka/Kanban/Heijunka issue)",
+        )
+        .into())
+    }
+}
+
+/// A refusal inside a SubmitStream response.
+fn refusal(e: &ApiError) -> Refusal {
+    Refusal {
+        code: e.code() as i32,
+        reason: e.reason().to_owned(),
+        message: e.to_string(),
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for Admin {
+    async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        Ok(Response::new(info(&self.0)))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(status(&self.0).await))
+    }
+
+    async fn circuit(
+        &self,
+        _request: Request<CircuitRequest>,
+    ) -> Result<Response<CircuitResponse>, Status> {
+        Err(ApiError::Unimplemented(
+            "the circuit breaker arrives with the Jidoka/Kanban/Heijunka issue",
+        )
+        .into())
+    }
+
+    async fn shutdown(
+        &self,
+        _request: Request<ShutdownRequest>,
+    ) -> Result<Response<ShutdownResponse>, Status> {
+        Err(ApiError::Unimplemented(
+            "remote shutdown needs the admin token (bad input and security issue); use SIGTERM",
+        )
+        .into())
+    }
+}
+
+/// AdminService.Info, also served as GET /info.
+pub fn info(core: &SharedCore) -> InfoResponse {
+    InfoResponse {
+        name: "TPS gateway".to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        uptime_secs: core.started.elapsed().as_secs(),
+        config: tps_domain::json::to_struct(&core.config.public_view()),
+        instance_id: core.config.common.instance_id.clone(),
+    }
+}
+
+/// AdminService.Status, also served as GET /status.
+pub async fn status(core: &SharedCore) -> StatusResponse {
+    let healthy = core.healthy();
+    let mut queues = Vec::new();
+    let mut degraded = !healthy;
+    for (pool, stats) in core.queues().await {
+        match stats {
+            Ok(s) => queues.push(QueueStatus {
+                pool: pool as i32,
+                depth: s.depth,
+                in_flight: s.in_flight,
+                redelivered: s.redelivered,
+                backend: "nats".to_owned(),
+            }),
+            Err(_) => degraded = true,
+        }
+    }
+    let status = if core.shutdown.is_cancelled() {
+        "stopping"
+    } else if degraded {
+        "degraded"
+    } else {
+        "running"
+    };
+    StatusResponse {
+        status: status.to_owned(),
+        healthy,
+        // No breaker exists yet: the state is left unspecified rather than
+        // claiming CLOSED.
+        circuit_state: 0,
+        queues,
+        accepted_total: core.metrics.accepted_total(),
+        refused_total: core.metrics.refused_total(),
+        timestamp: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+    }
+}

@@ -1,0 +1,123 @@
+//! The gateway: validates work signals, routes them to a pool (Heijunka) and
+//! makes them durable on the Kanban queue before answering. gRPC and the
+//! HTTP/JSON facade share one implementation ([`core::Core`]).
+
+pub mod config;
+pub mod core;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tps_proto::v1::admin_service_server::AdminServiceServer;
+use tps_proto::v1::signal_service_server::SignalServiceServer;
+use tps_queue::{ConnectOptions, Names, Queue};
+use tps_runtime::{StartError, grpc as rpc};
+
+pub use config::Config;
+
+const SERVICES: [&str; 3] = ["", "tps.v1.SignalService", "tps.v1.AdminService"];
+
+/// Runs the gateway until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    let metrics = metrics::Metrics::new().map_err(|e| StartError::Broker(e.to_string()))?;
+    let queue = Queue::connect(&ConnectOptions {
+        url: config.common.nats_url.clone(),
+        client_name: format!("tps-gateway {}", config.common.instance_id),
+        names: Names::new(&config.common.namespace),
+        buffer_per_pool: config.kanban.buffer,
+        pool_capacity: config.kanban.pool_capacity(),
+        connect_timeout: config.connect_timeout,
+    })
+    .await
+    .map_err(|e| StartError::Broker(e.to_string()))?;
+
+    let core = Arc::new(core::Core {
+        queue,
+        metrics: metrics.clone(),
+        config: config.clone(),
+        started: Instant::now(),
+        shutdown: shutdown.clone(),
+    });
+
+    let standard = rpc::standard_services()?;
+    let routes = standard
+        .routes
+        .add_service(
+            SignalServiceServer::new(grpc::Signals(core.clone()))
+                .max_decoding_message_size(rpc::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(rpc::MAX_MESSAGE_BYTES),
+        )
+        .add_service(AdminServiceServer::new(grpc::Admin(core.clone())));
+
+    let (grpc_listener, grpc_addr) = rpc::bind(config.grpc_addr).await?;
+    let http_listener = tokio::net::TcpListener::bind(config.http_addr).await?;
+    let http_addr = http_listener.local_addr()?;
+    let metrics_addr =
+        tps_runtime::metrics::serve(config.metrics_addr, metrics.registry.clone(), shutdown.clone())
+            .await?;
+
+    let watcher = tokio::spawn(watch_health(core.clone(), standard.health.clone()));
+    let http_shutdown = shutdown.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(http_listener, http::router(core))
+            .with_graceful_shutdown(http_shutdown.cancelled_owned())
+            .await
+    });
+
+    tps_runtime::ports::report(
+        config.common.ports_file.as_deref(),
+        &[("grpc", grpc_addr), ("http", http_addr), ("metrics", metrics_addr)],
+    )?;
+
+    let served = rpc::serve(grpc_listener, routes, shutdown.clone()).await;
+    // Stopping: the health watcher has already said NOT_SERVING; wait for the
+    // HTTP facade to finish its in-flight requests.
+    watcher.abort();
+    match http.await {
+        Ok(Err(e)) => tracing::error!(error = %e, "HTTP facade failed"),
+        Err(e) => tracing::error!(error = %e, "HTTP facade task failed"),
+        Ok(Ok(())) => {}
+    }
+    tracing::info!("gateway stopped");
+    Ok(served?)
+}
+
+/// Keeps grpc health and the queue gauges current: SERVING while NATS is
+/// connected, NOT_SERVING otherwise and from the moment shutdown starts.
+async fn watch_health(core: core::SharedCore, health: tonic_health::server::HealthReporter) {
+    let mut last = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = core.shutdown.cancelled() => {}
+        }
+        let serving = core.healthy();
+        core.metrics.broker_connected.set(i64::from(core.queue.connected()));
+        if last != Some(serving) {
+            let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+            for service in SERVICES {
+                health.set_service_status(service, status).await;
+            }
+            tracing::info!(serving, "health changed");
+            last = Some(serving);
+        }
+        if core.shutdown.is_cancelled() {
+            return;
+        }
+        for (pool, stats) in core.queues().await {
+            if let Ok(s) = stats {
+                let label = [tps_domain::names::pool(pool)];
+                core.metrics.queue_depth.with_label_values(&label).set(s.depth as i64);
+                core.metrics.in_flight.with_label_values(&label).set(s.in_flight as i64);
+                core.metrics.redelivered.with_label_values(&label).set(s.redelivered as i64);
+            }
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! JetStream: connecting, creating the streams/consumers/bucket, publishing
+//! work and results, and the status bucket.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::{HeaderMap, header};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use prost::Message;
+use tps_proto::v1::{Pool, SignalStatus, WorkItem, WorkResult};
+
+use crate::{Names, QueueError};
+
+/// How long results and statuses are kept (the aggregator replays results
+/// from the start of this window when it restarts).
+const RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Identical message ids within this window are stored once.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// How to reach the broker and how big the queues are.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub url: String,
+    /// Shown in the server's connection list.
+    pub client_name: String,
+    pub names: Names,
+    /// Signals that may wait in the work stream per pool (`TPS_KANBAN_BUFFER`).
+    pub buffer_per_pool: u32,
+    /// Work in flight across one pool's replicas (the consumer's max_ack_pending).
+    pub pool_capacity: u32,
+    /// How long to keep trying at start-up before giving up.
+    pub connect_timeout: Duration,
+}
+
+/// Depth and in-flight work of one pool's queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Waiting to be pulled.
+    pub depth: u64,
+    /// Pulled, not acked yet.
+    pub in_flight: u64,
+    /// Delivered more than once and not acked yet.
+    pub redelivered: u64,
+}
+
+/// A status record and its revision in the bucket (for compare-and-set).
+#[derive(Debug, Clone)]
+pub struct StatusEntry {
+    pub status: SignalStatus,
+    pub revision: u64,
+}
+
+/// A connection to the JetStream side of the flow.
+#[derive(Clone)]
+pub struct Queue {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    status: kv::Store,
+    names: Names,
+}
+
+fn broker(e: impl std::fmt::Display) -> QueueError {
+    QueueError::Broker(e.to_string())
+}
+
+impl Queue {
+    /// Connects (retrying until `connect_timeout`) and makes sure every
+    /// stream, consumer and the bucket exist.
+    pub async fn connect(opts: &ConnectOptions) -> Result<Self, QueueError> {
+        let deadline = tokio::time::Instant::now() + opts.connect_timeout;
+        let mut wait = Duration::from_millis(100);
+        let client = loop {
+            let attempt = async_nats::ConnectOptions::new()
+                .name(&opts.client_name)
+                .connection_timeout(Duration::from_secs(2))
+                .connect(opts.url.as_str())
+                .await;
+            match attempt {
+                Ok(c) => break c,
+                Err(e) if tokio::time::Instant::now() + wait < deadline => {
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "NATS not reachable yet");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(QueueError::Unavailable(e.to_string())),
+            }
+        };
+        let js = jetstream::new(client.clone());
+        let names = opts.names.clone();
+        ensure_stream(
+            &js,
+            stream::Config {
+                name: names.work_stream(),
+                subjects: vec![names.work_subjects()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                // Kanban: the queue can never grow without bound; a full
+                // queue refuses new work instead of dropping old work.
+                max_messages: i64::from(opts.buffer_per_pool) * 2,
+                discard: stream::DiscardPolicy::New,
+                duplicate_window: DUPLICATE_WINDOW,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await?;
+        ensure_stream(
+            &js,
+            stream::Config {
+                name: names.results_stream(),
+                subjects: vec![names.result_subjects()],
+                retention: stream::RetentionPolicy::Limits,
+                max_age: RETENTION,
+                duplicate_window: DUPLICATE_WINDOW,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let work = js
+            .get_stream(names.work_stream())
+            .await
+            .map_err(broker)?;
+        for pool in [Pool::Fast, Pool::Slow] {
+            let name = names.worker_consumer(pool);
+            work.get_or_create_consumer(
+                &name,
+                consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: names.work_filter(pool),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    max_deliver: 5,
+                    max_ack_pending: i64::from(opts.pool_capacity),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(broker)?;
+        }
+        let status = ensure_bucket(&js, &names.status_bucket()).await?;
+        tracing::info!(
+            url = %opts.url,
+            work = %names.work_stream(),
+            results = %names.results_stream(),
+            status = %names.status_bucket(),
+            "JetStream ready"
+        );
+        Ok(Self {
+            client,
+            js,
+            status,
+            names,
+        })
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// Whether the connection to the broker is up right now.
+    pub fn connected(&self) -> bool {
+        matches!(
+            self.client.connection_state(),
+            async_nats::connection::State::Connected
+        )
+    }
+
+    /// Publishes a work item and waits for JetStream to store it.
+    /// Returns whether the broker saw it as a duplicate of an earlier publish.
+    pub async fn publish_work(
+        &self,
+        item: &WorkItem,
+        trace: &HashMap<String, String>,
+    ) -> Result<bool, QueueError> {
+        let signal = item.signal.as_ref().ok_or_else(|| broker("work item without signal"))?;
+        let subject = self.names.work_subject(signal.pool(), signal.priority);
+        let msg_id = message_id(&signal.id, item.attempt);
+        self.publish(subject, &msg_id, trace, item.encode_to_vec().into())
+            .await
+    }
+
+    /// Publishes a result and waits for JetStream to store it.
+    pub async fn publish_result(
+        &self,
+        result: &WorkResult,
+        trace: &HashMap<String, String>,
+    ) -> Result<bool, QueueError> {
+        let subject = self.names.result_subject(result.pool());
+        let msg_id = format!("result.{}", message_id(&result.signal_id, result.attempt));
+        self.publish(subject, &msg_id, trace, result.encode_to_vec().into())
+            .await
+    }
+
+    async fn publish(
+        &self,
+        subject: String,
+        msg_id: &str,
+        trace: &HashMap<String, String>,
+        payload: Bytes,
+    ) -> Result<bool, QueueError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::NATS_MESSAGE_ID, msg_id);
+        for (k, v) in trace {
+            headers.insert(k.as_str(), v.as_str());
+        }
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, payload)
+            .await
+            .map_err(|e| classify_publish(&e.to_string()))?
+            .await
+            .map_err(|e| classify_publish(&e.to_string()))?;
+        Ok(ack.duplicate)
+    }
+
+    /// The durable pull consumer of `pool`'s work.
+    pub async fn work_consumer(
+        &self,
+        pool: Pool,
+    ) -> Result<consumer::Consumer<consumer::pull::Config>, QueueError> {
+        self.js
+            .get_stream(self.names.work_stream())
+            .await
+            .map_err(broker)?
+            .get_consumer(&self.names.worker_consumer(pool))
+            .await
+            .map_err(broker)
+    }
+
+    /// Every result from the start of the results stream, then live ones, in
+    /// order (an ordered consumer: the reader rebuilds its state on restart).
+    pub async fn replay_results(
+        &self,
+    ) -> Result<impl Stream<Item = Result<WorkResult, QueueError>> + use<>, QueueError> {
+        let stream = self
+            .js
+            .get_stream(self.names.results_stream())
+            .await
+            .map_err(broker)?;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(broker)?;
+        let messages = consumer.messages().await.map_err(broker)?;
+        Ok(messages.map(|m| {
+            let m = m.map_err(broker)?;
+            Ok(WorkResult::decode(m.payload.clone())?)
+        }))
+    }
+
+    /// Depth, in-flight and redelivered counts of `pool`'s queue.
+    pub async fn queue_stats(&self, pool: Pool) -> Result<QueueStats, QueueError> {
+        let mut consumer = self.work_consumer(pool).await?;
+        let info = consumer.info().await.map_err(broker)?;
+        Ok(QueueStats {
+            depth: info.num_pending,
+            in_flight: info.num_ack_pending as u64,
+            redelivered: info.num_redelivered as u64,
+        })
+    }
+
+    /// The status of a signal, if known.
+    pub async fn status(&self, id: &str) -> Result<Option<StatusEntry>, QueueError> {
+        match self.status.entry(id).await.map_err(broker)? {
+            Some(e) if e.operation == kv::Operation::Put => Ok(Some(StatusEntry {
+                status: SignalStatus::decode(e.value)?,
+                revision: e.revision,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    /// Stores a status only if none exists yet; returns false if one did.
+    pub async fn create_status(&self, status: &SignalStatus) -> Result<bool, QueueError> {
+        match self
+            .status
+            .create(status_key(status)?, status.encode_to_vec().into())
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(broker(e)),
+        }
+    }
+
+    /// Stores a status unconditionally.
+    pub async fn put_status(&self, status: &SignalStatus) -> Result<u64, QueueError> {
+        self.status
+            .put(status_key(status)?, status.encode_to_vec().into())
+            .await
+            .map_err(broker)
+    }
+
+    /// Stores a status if the record is still at `revision`; false if it moved on.
+    pub async fn update_status(
+        &self,
+        status: &SignalStatus,
+        revision: u64,
+    ) -> Result<bool, QueueError> {
+        match self
+            .status
+            .update(status_key(status)?, status.encode_to_vec().into(), revision)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(broker(e)),
+        }
+    }
+
+    /// Removes a status (a signal the gateway could not make durable).
+    pub async fn delete_status(&self, id: &str) -> Result<(), QueueError> {
+        self.status.purge(id).await.map_err(broker)
+    }
+
+    /// The current status of `id` (if any), then every change.
+    pub async fn watch_status(
+        &self,
+        id: &str,
+    ) -> Result<impl Stream<Item = Result<SignalStatus, QueueError>> + use<>, QueueError> {
+        let watch = self.status.watch_with_history(id).await.map_err(broker)?;
+        Ok(watch.filter_map(|entry| async move {
+            match entry {
+                Ok(e) if e.operation == kv::Operation::Put => {
+                    Some(SignalStatus::decode(e.value).map_err(QueueError::from))
+                }
+                Ok(_) => None,
+                Err(e) => Some(Err(broker(e))),
+            }
+        }))
+    }
+}
+
+/// Nats-Msg-Id of a work item: the signal id for the first attempt, and
+/// `<id>.<attempt>` for retries (so a retry is not a duplicate).
+pub fn message_id(signal_id: &str, attempt: u32) -> String {
+    if attempt <= 1 {
+        signal_id.to_owned()
+    } else {
+        format!("{signal_id}.{attempt}")
+    }
+}
+
+fn status_key(status: &SignalStatus) -> Result<&str, QueueError> {
+    status
+        .signal
+        .as_ref()
+        .map(|s| s.id.as_str())
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| broker("status without signal id"))
+}
+
+fn classify_publish(message: &str) -> QueueError {
+    let m = message.to_ascii_lowercase();
+    if m.contains("maximum messages") || m.contains("maximum bytes") {
+        QueueError::Full("work".to_owned())
+    } else if m.contains("timed out")
+        || m.contains("no responders")
+        || m.contains("broken pipe")
+        || m.contains("disconnected")
+    {
+        QueueError::Unavailable(message.to_owned())
+    } else {
+        QueueError::Broker(message.to_owned())
+    }
+}
+
+async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), QueueError> {
+    let name = config.name.clone();
+    match js.get_or_create_stream(config.clone()).await {
+        Ok(_) => Ok(()),
+        // Another service created it between our lookup and create.
+        Err(_) => js.get_stream(&name).await.map(|_| ()).map_err(broker),
+    }
+}
+
+async fn ensure_bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::Store, QueueError> {
+    if let Ok(store) = js.get_key_value(bucket).await {
+        return Ok(store);
+    }
+    let created = js
+        .create_key_value(kv::Config {
+            bucket: bucket.to_owned(),
+            history: 1,
+            max_age: RETENTION,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(store) => Ok(store),
+        Err(_) => js.get_key_value(bucket).await.map_err(broker),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_get_their_own_message_id() {
+        assert_eq!(message_id("a", 1), "a");
+        assert_eq!(message_id("a", 0), "a");
+        assert_eq!(message_id("a", 3), "a.3");
+    }
+
+    #[test]
+    fn publish_errors_are_classified() {
+        assert!(matches!(
+            classify_publish("maximum messages exceeded"),
+            QueueError::Full(_)
+        ));
+        assert!(matches!(
+            classify_publish("timed out: didn't receive ack in time"),
+            QueueError::Unavailable(_)
+        ));
+    }
+}
