@@ -15,8 +15,9 @@
 #
 # Everything it writes goes to the run directory (default .run/, gitignored):
 #   pids                "name pid executable" per line (the supervisor included)
-#   nats.log  nats-store/   the NATS server's log and JetStream data (kept across
-#                           runs; `make clean` removes it)
+#   nats.log  nats.out  nats-store/   the NATS server's log, its stdout/stderr
+#                       (start-up errors), and JetStream data (kept across runs;
+#                       `make clean` removes it)
 #   <service>.log       each service's log
 #   <service>.ports     JSON written by the service once bound,
 #                       e.g. {"grpc":"127.0.0.1:50051","http":"127.0.0.1:8080","metrics":"127.0.0.1:9101"}
@@ -34,12 +35,11 @@
 #   WORKER_SLOW_GRPC_ADDR     slow-pool worker gRPC         (127.0.0.1:50054)
 #   WORKER_SLOW_METRICS_ADDR  slow-pool worker /metrics     (127.0.0.1:9103)
 #   AGGREGATOR_GRPC_ADDR      aggregator gRPC               (127.0.0.1:50053)
-#   AGGREGATOR_HTTP_ADDR      aggregator Andon web board    (127.0.0.1:8081; passed
-#                             as TPS_HTTP_ADDR, shown only if the aggregator reports it)
 #   AGGREGATOR_METRICS_ADDR   aggregator /metrics           (127.0.0.1:9104)
 #   BIN_DIR                   use the binaries in this directory and skip the build
 #   START_TIMEOUT             seconds to wait for the services to bind (60)
-#   STOP_TIMEOUT              seconds each process gets after SIGTERM before SIGKILL (20)
+#   STOP_TIMEOUT              seconds each process gets after SIGTERM before SIGKILL
+#                             (40: a worker waits up to TPS_SHUTDOWN_GRACE=30s for in-flight work)
 #   NATS_SERVER               the nats-server binary to use (else ensure-nats.sh finds one)
 #   CARGO_TARGET_DIR          respected by the build
 #
@@ -58,7 +58,7 @@ mkdir -p "$RUN_DIR"
 RUN_DIR=$(cd "$RUN_DIR" && pwd)
 PIDS_FILE=$RUN_DIR/pids
 START_TIMEOUT=${START_TIMEOUT:-60}
-STOP_TIMEOUT=${STOP_TIMEOUT:-20}
+STOP_TIMEOUT=${STOP_TIMEOUT:-40}
 
 SERVICES=(gateway worker-fast worker-slow aggregator)
 
@@ -80,7 +80,7 @@ is_running() {
 is_ours() {
     local pid=$1 exe=$2
     is_running "$pid" || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$exe"
+    { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -qF -- "$exe"
 }
 
 # SIGTERM the given "name pid exe" records, wait up to STOP_TIMEOUT, then SIGKILL.
@@ -196,14 +196,13 @@ WORKER_FAST_METRICS_ADDR=${WORKER_FAST_METRICS_ADDR:-127.0.0.1:9102}
 WORKER_SLOW_GRPC_ADDR=${WORKER_SLOW_GRPC_ADDR:-127.0.0.1:50054}
 WORKER_SLOW_METRICS_ADDR=${WORKER_SLOW_METRICS_ADDR:-127.0.0.1:9103}
 AGGREGATOR_GRPC_ADDR=${AGGREGATOR_GRPC_ADDR:-127.0.0.1:50053}
-AGGREGATOR_HTTP_ADDR=${AGGREGATOR_HTTP_ADDR:-127.0.0.1:8081}
 AGGREGATOR_METRICS_ADDR=${AGGREGATOR_METRICS_ADDR:-127.0.0.1:9104}
 
 # Refuse early and clearly rather than let a service die on "address in use".
 for var in GATEWAY_GRPC_ADDR GATEWAY_HTTP_ADDR GATEWAY_METRICS_ADDR \
     WORKER_FAST_GRPC_ADDR WORKER_FAST_METRICS_ADDR \
     WORKER_SLOW_GRPC_ADDR WORKER_SLOW_METRICS_ADDR \
-    AGGREGATOR_GRPC_ADDR AGGREGATOR_HTTP_ADDR AGGREGATOR_METRICS_ADDR; do
+    AGGREGATOR_GRPC_ADDR AGGREGATOR_METRICS_ADDR; do
     port_free "${!var}" || die "$var=${!var} is in use (or not bindable); set $var to another address, e.g. 127.0.0.1:0"
 done
 
@@ -251,7 +250,7 @@ fi
 mkdir -p "$RUN_DIR/nats-store"
 : >"$RUN_DIR/nats.log"
 "$NATS_SERVER" -js -n tps-local -a 127.0.0.1 -p "$NATS_PORT" \
-    -sd "$RUN_DIR/nats-store" -l "$RUN_DIR/nats.log" </dev/null >>"$RUN_DIR/nats.log" 2>&1 &
+    -sd "$RUN_DIR/nats-store" -l "$RUN_DIR/nats.log" </dev/null >"$RUN_DIR/nats.out" 2>&1 &
 NATS_PID=$!
 printf 'nats %s %s\n' "$NATS_PID" "$(basename "$NATS_SERVER")" >>"$PIDS_FILE"
 log "nats-server pid $NATS_PID on 127.0.0.1:$NATS_PORT (JetStream store $RUN_DIR/nats-store)"
@@ -259,8 +258,8 @@ log "nats-server pid $NATS_PID on 127.0.0.1:$NATS_PORT (JetStream store $RUN_DIR
 deadline=$((SECONDS + 15))
 until (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null; do
     if ! is_running "$NATS_PID"; then
-        tail -n 30 "$RUN_DIR/nats.log" >&2 || true
-        die "nats-server exited during start-up (log above: $RUN_DIR/nats.log)"
+        tail -n 30 "$RUN_DIR/nats.out" "$RUN_DIR/nats.log" >&2 || true
+        die "nats-server exited during start-up (see $RUN_DIR/nats.log and nats.out)"
     fi
     ((SECONDS < deadline)) || die "nats-server did not accept connections on 127.0.0.1:$NATS_PORT within 15s"
     sleep 0.2
@@ -282,13 +281,13 @@ start() {
     env -u TPS_HTTP_ADDR "${envs[@]}" "$BIN_DIR/$exe" "$@" </dev/null >>"$RUN_DIR/$name.log" 2>&1 &
     local pid=$!
     printf '%s %s %s\n' "$name" "$pid" "$exe" >>"$PIDS_FILE"
-    log "$name pid $pid ($exe $*), log $RUN_DIR/$name.log"
+    log "$name pid $pid ($exe${*:+ $*}), log $RUN_DIR/$name.log"
 }
 
 start gateway "$GATEWAY_GRPC_ADDR" "$GATEWAY_HTTP_ADDR" "$GATEWAY_METRICS_ADDR" tps-gateway
 start worker-fast "$WORKER_FAST_GRPC_ADDR" - "$WORKER_FAST_METRICS_ADDR" tps-worker --pool fast
 start worker-slow "$WORKER_SLOW_GRPC_ADDR" - "$WORKER_SLOW_METRICS_ADDR" tps-worker --pool slow
-start aggregator "$AGGREGATOR_GRPC_ADDR" "$AGGREGATOR_HTTP_ADDR" "$AGGREGATOR_METRICS_ADDR" tps-aggregator
+start aggregator "$AGGREGATOR_GRPC_ADDR" - "$AGGREGATOR_METRICS_ADDR" tps-aggregator
 
 # A process that is gone: print its log tail and fail (the EXIT trap stops the rest).
 check_alive() {

@@ -11,7 +11,7 @@ use prost_types::Timestamp;
 use tokio_util::sync::CancellationToken;
 use tps_domain::{is_terminal, names, routing, validate};
 use tps_proto::v1::{
-    Pool, Signal, SignalState, SignalStatus, SignalType, SubmitRequest, SubmitResponse, WorkItem,
+    Pool, Signal, SignalState, SignalStatus, SubmitRequest, SubmitResponse, WorkItem,
 };
 use tps_queue::{Queue, QueueStats};
 use tracing::{Instrument, field};
@@ -64,10 +64,16 @@ impl Core {
             .submit_seconds
             .observe(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
-            self.metrics.refused.with_label_values(&[e.reason()]).inc();
-            span.in_scope(|| tracing::info!(reason = e.reason(), error = %e, "signal refused"));
+            span.in_scope(|| self.refused(e));
         }
         result
+    }
+
+    /// Counts and logs a refused submit (also for requests the HTTP facade
+    /// refuses before they become a SubmitRequest).
+    pub fn refused(&self, e: &ApiError) {
+        self.metrics.refused.with_label_values(&[e.reason()]).inc();
+        tracing::info!(reason = e.reason(), error = %e, "signal refused");
     }
 
     async fn submit_in_span(
@@ -288,9 +294,4 @@ fn response_from_status(status: &SignalStatus, core: &Core, duplicate: bool) -> 
         subject: core.queue.names().work_subject(pool, signal.priority),
         attempt: status.attempt,
     }
-}
-
-/// The signal type of a status, for labels.
-pub fn status_type(status: &SignalStatus) -> SignalType {
-    status.signal.as_ref().map_or(SignalType::Unspecified, |s| s.r#type())
 }

@@ -138,18 +138,23 @@ async fn submit(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let request = parse_submit(&body).inspect_err(|e| core.refused(e))?;
+    let response = core.submit(request, &trace_context(&headers)).await?;
+    Ok(accepted(submit_view(&response), &response.trace_id))
+}
+
+/// The body of POST /signal as a SubmitRequest, or the reasons it is not one.
+fn parse_submit(body: &[u8]) -> Result<SubmitRequest, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::Invalid(vec![FieldViolation::new(
             "body",
             "empty: send a JSON object such as {\"signal_type\":\"validate\",\"payload\":{...}}",
         )]));
     }
-    let parsed: SubmitBody = serde_json::from_slice(&body).map_err(|e| {
+    let parsed: SubmitBody = serde_json::from_slice(body).map_err(|e| {
         ApiError::Invalid(vec![FieldViolation::new("body", format!("not a valid signal: {e}"))])
     })?;
-    let request = to_request(parsed)?;
-    let response = core.submit(request, &trace_context(&headers)).await?;
-    Ok(accepted(submit_view(&response), &response.trace_id))
+    to_request(parsed)
 }
 
 async fn signal_status(

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
-/// Gzip-free, size-limited defaults applied to every TPS server.
+/// Largest gRPC message a TPS server decodes or encodes.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
 pub struct Standard {
@@ -26,10 +26,12 @@ pub fn standard_services() -> Result<Standard, tonic_reflection::server::Error> 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tps_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tps_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let routes = Routes::new(health_service)
         .add_service(reflection_v1)

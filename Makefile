@@ -1,0 +1,136 @@
+# TPS: the seed's make targets. `make` (or `make help`) lists them.
+#
+# Real now: build run-local test fmt lint health status metrics clean.
+# The rest belong to later issues and say so (exit 1) instead of pretending.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CARGO        ?= cargo
+# The gateway's HTTP/JSON facade (what `make run-local` starts on 127.0.0.1:8080).
+GATEWAY_HTTP ?= http://127.0.0.1:8080
+CURL         ?= curl -sS --fail-with-body --max-time 10
+# rustfmt colours its --check diff even into a file; CI logs stay plain.
+FMT_CHECK_FLAGS := $(if $(CI),-- --color never,)
+
+# Later issues; the targets below name them.
+ISSUE_CHAOS  := 5 (Jidoka under chaos: fault injection and the chaos targets)
+ISSUE_OBSERVE := 6 (observability: Grafana dashboards and Jaeger traces)
+ISSUE_DEPLOY := 8 (deployment: the full compose stack, offline images, k8s autoscaling)
+ISSUE_LOAD   := 9 (load, spike and stress benchmarks with tpsctl load)
+NOT_YET = echo "not yet: arrives with issue $(1)" >&2; exit 1
+
+.PHONY: help build run-local test fmt lint health status metrics clean \
+	up down restart logs images load spike stress stress-test dashboard traces \
+	chaos chaos-crash-worker chaos-queue-down chaos-queue-recover chaos-downstream \
+	chaos-cascade chaos-stop
+
+help: ## List the targets
+	@echo "TPS make targets:"
+	@awk 'BEGIN {FS = ":.*## "} /^##@ / {printf "\n%s\n", substr($$0, 5); next} /^[a-zA-Z_-]+:.*## / {printf "  %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+##@ Build and develop
+
+build: ## Build the release binaries (tps-gateway, tps-worker, tps-aggregator, tpsctl)
+	$(CARGO) build --release --bins
+
+run-local: ## Run NATS + the four services on this machine, no Docker (Ctrl-C stops; see scripts/run-local.sh)
+	scripts/run-local.sh
+
+# Each step runs in order; the first failure stops the target.
+test: ## fmt check, clippy -D warnings, build the binaries, then every test (nextest if present)
+	@set -euo pipefail; \
+	step() { local t0=$$SECONDS; echo "==> $$*"; "$$@"; echo "<== $$* ($$((SECONDS - t0))s)"; }; \
+	NATS_SERVER="$$(scripts/ensure-nats.sh)"; export NATS_SERVER; \
+	echo "NATS_SERVER=$$NATS_SERVER"; \
+	step $(CARGO) fmt --all --check $(FMT_CHECK_FLAGS); \
+	step $(CARGO) clippy --workspace --all-targets -- -D warnings; \
+	step $(CARGO) build --workspace --bins; \
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		step $(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		echo "(cargo-nextest not installed: using cargo test)"; \
+		step $(CARGO) test --workspace; \
+	fi
+
+fmt: ## Format the code (cargo fmt --all)
+	$(CARGO) fmt --all
+
+lint: ## Clippy with warnings as errors
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean: ## Stop a background run-local, then cargo clean and remove .run/
+	-@[ -f .run/pids ] && scripts/run-local.sh stop || true
+	$(CARGO) clean
+	rm -rf .run
+
+##@ Observe (the gateway HTTP facade; GATEWAY_HTTP=http://127.0.0.1:8080 by default)
+
+health: ## GET /health on the gateway
+	@$(CURL) $(GATEWAY_HTTP)/health && echo
+
+status: ## GET /status on the gateway
+	@$(CURL) $(GATEWAY_HTTP)/status && echo
+
+metrics: ## GET /metrics on the gateway
+	@$(CURL) $(GATEWAY_HTTP)/metrics && echo
+
+dashboard: ## Open Grafana (not yet)
+	@$(call NOT_YET,$(ISSUE_OBSERVE))
+
+traces: ## Open Jaeger (not yet)
+	@$(call NOT_YET,$(ISSUE_OBSERVE))
+
+##@ Stack (docker compose)
+
+up: ## Start the whole stack (not yet)
+	@$(call NOT_YET,$(ISSUE_DEPLOY))
+
+down: ## Stop the stack (not yet)
+	@$(call NOT_YET,$(ISSUE_DEPLOY))
+
+restart: ## Restart the stack (not yet)
+	@$(call NOT_YET,$(ISSUE_DEPLOY))
+
+logs: ## Tail the stack's logs (not yet)
+	@$(call NOT_YET,$(ISSUE_DEPLOY))
+
+images: ## Build the container images offline (not yet)
+	@$(call NOT_YET,$(ISSUE_DEPLOY))
+
+##@ Load
+
+load: ## Normal load, e.g. make load DURATION=60 RATE=100 (not yet)
+	@$(call NOT_YET,$(ISSUE_LOAD))
+
+spike: ## Traffic spike (not yet)
+	@$(call NOT_YET,$(ISSUE_LOAD))
+
+stress: ## Sustained stress (not yet)
+	@$(call NOT_YET,$(ISSUE_LOAD))
+
+stress-test: ## Ramp the load until the system refuses work (not yet)
+	@$(call NOT_YET,$(ISSUE_LOAD))
+
+##@ Chaos
+
+chaos: ## Run the chaos scenarios (not yet)
+	@$(call NOT_YET,$(ISSUE_CHAOS))
+
+chaos-crash-worker: ## Kill a worker mid-message (not yet)
+	@$(call NOT_YET,$(ISSUE_CHAOS))
+
+chaos-queue-down: ## Stop NATS: fall back to RabbitMQ (not yet)
+	@$(call NOT_YET,$(ISSUE_CHAOS))
+
+chaos-queue-recover: ## Bring NATS back (not yet)
+	@$(call NOT_YET,$(ISSUE_CHAOS))
+
+chaos-downstream: ## Slow or failing downstream, e.g. LATENCY=5000 (not yet)
+	@$(call NOT_YET,$(ISSUE_CHAOS))
+
+chaos-cascade: ## Several faults at once (not yet)
+	@$(call NOT_YET,$(ISSUE_CHAOS))
+
+chaos-stop: ## Clear every injected fault (not yet)
+	@$(call NOT_YET,$(ISSUE_CHAOS))

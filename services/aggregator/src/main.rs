@@ -1,0 +1,16 @@
+//! tps-aggregator: turns results into counts and timings.
+
+use tps_runtime::{Env, shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = tps_aggregator::Config::from_env(&Env::from_process())?;
+    let telemetry = telemetry::init("tps-aggregator", &config.common)?;
+    let shutdown = shutdown::on_signal();
+    let result = tps_aggregator::run(config, shutdown).await;
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "aggregator stopped with an error");
+    }
+    telemetry.shutdown().await;
+    Ok(result?)
+}

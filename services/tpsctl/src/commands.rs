@@ -1,0 +1,137 @@
+//! The subcommands. Each talks to the gateway over gRPC and prints JSON.
+
+use clap::Args;
+use futures::StreamExt;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+use tps_domain::json::{status_view, submit_view, to_struct};
+use tps_domain::{is_terminal, names};
+use tps_proto::v1::signal_service_client::SignalServiceClient;
+use tps_proto::v1::{GetRequest, SignalState, SubmitRequest, WatchRequest};
+
+/// Exit code when a signal ended in a state other than SUCCEEDED.
+const NOT_SUCCEEDED: i32 = 3;
+
+#[derive(Args)]
+pub struct SubmitArgs {
+    /// validate, execute or report.
+    #[arg(long = "type", short = 't')]
+    signal_type: String,
+    /// 1 (critical) .. 4 (low); default 3.
+    #[arg(long, short = 'p', default_value_t = 0)]
+    priority: u32,
+    /// The payload, a JSON object.
+    #[arg(long, default_value = "{}")]
+    payload: String,
+    /// Relative deadline in milliseconds (0: none).
+    #[arg(long, default_value_t = 0)]
+    timeout_ms: u32,
+    /// Repeated submits with the same key are one signal.
+    #[arg(long, default_value = "")]
+    idempotency_key: String,
+    /// Override routing: fast or slow.
+    #[arg(long)]
+    pool: Option<String>,
+    /// Wait until the signal is terminal and print its final status.
+    #[arg(long)]
+    wait: bool,
+}
+
+async fn connect(gateway: &str) -> anyhow::Result<SignalServiceClient<Channel>> {
+    let channel = Channel::from_shared(gateway.to_owned())?
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the gateway at {gateway}: {e}"))?;
+    Ok(SignalServiceClient::new(channel))
+}
+
+/// A gRPC error as the user should read it, with every field violation.
+fn explain(status: &tonic::Status) -> anyhow::Error {
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    if let Some(bad) = status.get_details_bad_request() {
+        for v in bad.field_violations {
+            text.push_str(&format!("\n  {}: {}", v.field, v.description));
+        }
+    }
+    if let Some(info) = status.get_details_error_info() {
+        text.push_str(&format!("\n  reason: {}", info.reason));
+    }
+    anyhow::anyhow!(text)
+}
+
+pub async fn submit(gateway: &str, args: SubmitArgs) -> anyhow::Result<i32> {
+    let signal_type = names::parse_signal_type(&args.signal_type)
+        .ok_or_else(|| anyhow::anyhow!("--type must be validate, execute or report"))?;
+    let payload: serde_json::Value = serde_json::from_str(&args.payload)
+        .map_err(|e| anyhow::anyhow!("--payload is not JSON: {e}"))?;
+    let payload =
+        to_struct(&payload).ok_or_else(|| anyhow::anyhow!("--payload must be a JSON object"))?;
+    let pool = match &args.pool {
+        None => 0,
+        Some(p) => names::parse_pool(p)
+            .ok_or_else(|| anyhow::anyhow!("--pool must be fast or slow"))? as i32,
+    };
+    let mut client = connect(gateway).await?;
+    let response = client
+        .submit(SubmitRequest {
+            r#type: signal_type as i32,
+            priority: args.priority,
+            payload: Some(payload),
+            timeout_ms: args.timeout_ms,
+            idempotency_key: args.idempotency_key,
+            pool,
+        })
+        .await
+        .map_err(|s| explain(&s))?
+        .into_inner();
+    println!("{}", submit_view(&response));
+    if args.wait {
+        return follow(&mut client, &response.id, false).await;
+    }
+    Ok(0)
+}
+
+pub async fn get(gateway: &str, id: &str) -> anyhow::Result<i32> {
+    let mut client = connect(gateway).await?;
+    let status = client
+        .get(GetRequest { id: id.to_owned() })
+        .await
+        .map_err(|s| explain(&s))?
+        .into_inner();
+    println!("{}", status_view(&status));
+    Ok(0)
+}
+
+pub async fn watch(gateway: &str, id: &str) -> anyhow::Result<i32> {
+    let mut client = connect(gateway).await?;
+    follow(&mut client, id, true).await
+}
+
+/// Follows a signal to its terminal state, printing every change (or only
+/// the last one when `every` is false).
+async fn follow(
+    client: &mut SignalServiceClient<Channel>,
+    id: &str,
+    every: bool,
+) -> anyhow::Result<i32> {
+    let mut updates = client
+        .watch(WatchRequest { id: id.to_owned() })
+        .await
+        .map_err(|s| explain(&s))?
+        .into_inner();
+    while let Some(update) = updates.next().await {
+        let status = update.map_err(|s| explain(&s))?;
+        let terminal = is_terminal(status.state());
+        if every || terminal {
+            println!("{}", status_view(&status));
+        }
+        if terminal {
+            return Ok(if status.state() == SignalState::Succeeded {
+                0
+            } else {
+                NOT_SUCCEEDED
+            });
+        }
+    }
+    Err(anyhow::anyhow!("the watch ended before signal {id} was terminal"))
+}

@@ -1,0 +1,58 @@
+//! tpsctl: the operator's command line for TPS.
+//!
+//! ```text
+//! tpsctl submit --type validate --priority 2 --payload '{"data":[1,2,3]}' --wait
+//! tpsctl get <signal-id>
+//! tpsctl watch <signal-id>
+//! ```
+//!
+//! Output is JSON (one object per line for `watch`). Exit codes: 0 success;
+//! 1 the call failed (the gRPC status is printed to stderr); 3 `--wait` or
+//! `watch` ended in a terminal state other than SUCCEEDED.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(version, about = "Operate a TPS work-signal flow")]
+struct Cli {
+    /// The gateway's gRPC address.
+    #[arg(long, global = true, env = "TPS_GATEWAY", default_value = "http://127.0.0.1:50051")]
+    gateway: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Submit one signal.
+    Submit(commands::SubmitArgs),
+    /// Show a signal's status.
+    Get {
+        /// The signal id.
+        id: String,
+    },
+    /// Print a signal's status, then every change, until it is terminal.
+    Watch {
+        /// The signal id.
+        id: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Submit(args) => commands::submit(&cli.gateway, args).await,
+        Command::Get { id } => commands::get(&cli.gateway, &id).await,
+        Command::Watch { id } => commands::watch(&cli.gateway, &id).await,
+    };
+    match code {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("tpsctl: {e}");
+            std::process::exit(1)
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! A worker replica's Prometheus series.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// `tps_worker_processed_total{pool,type,outcome}`.
+    pub processed: IntCounterVec,
+    /// `tps_worker_busy{pool}`: handlers busy in this replica.
+    pub busy: IntGaugeVec,
+    /// `tps_worker_capacity{pool}`: handlers this replica has (TPS_NUM_WORKERS).
+    pub capacity: IntGaugeVec,
+    /// `tps_cycle_time_seconds{pool,type}`: pull → result durable.
+    pub cycle_time: HistogramVec,
+    /// `tps_queue_wait_seconds{pool}`: enqueued → pulled.
+    pub queue_wait: HistogramVec,
+    /// `tps_worker_redeliveries_total{pool}`: messages seen more than once.
+    pub redeliveries: IntCounterVec,
+    /// `tps_worker_poison_total{pool}`: messages that could not be decoded.
+    pub poison: IntCounterVec,
+}
+
+const BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    pub fn new(service: &str) -> Result<Self, prometheus::Error> {
+        let registry = tps_runtime::metrics::registry(service);
+        let processed = IntCounterVec::new(
+            Opts::new("tps_worker_processed_total", "Work items processed, by outcome"),
+            &["pool", "type", "outcome"],
+        )?;
+        let busy = IntGaugeVec::new(
+            Opts::new("tps_worker_busy", "Handlers busy in this replica"),
+            &["pool"],
+        )?;
+        let capacity = IntGaugeVec::new(
+            Opts::new("tps_worker_capacity", "Handlers in this replica"),
+            &["pool"],
+        )?;
+        let cycle_time = HistogramVec::new(
+            HistogramOpts::new("tps_cycle_time_seconds", "From pull to durable result")
+                .buckets(BUCKETS.to_vec()),
+            &["pool", "type"],
+        )?;
+        let queue_wait = HistogramVec::new(
+            HistogramOpts::new("tps_queue_wait_seconds", "From enqueue to pull")
+                .buckets(BUCKETS.to_vec()),
+            &["pool"],
+        )?;
+        let redeliveries = IntCounterVec::new(
+            Opts::new("tps_worker_redeliveries_total", "Work items delivered more than once"),
+            &["pool"],
+        )?;
+        let poison = IntCounterVec::new(
+            Opts::new("tps_worker_poison_total", "Work items that could not be decoded"),
+            &["pool"],
+        )?;
+        registry.register(Box::new(processed.clone()))?;
+        registry.register(Box::new(busy.clone()))?;
+        registry.register(Box::new(capacity.clone()))?;
+        registry.register(Box::new(cycle_time.clone()))?;
+        registry.register(Box::new(queue_wait.clone()))?;
+        registry.register(Box::new(redeliveries.clone()))?;
+        registry.register(Box::new(poison.clone()))?;
+        Ok(Self {
+            registry,
+            processed,
+            busy,
+            capacity,
+            cycle_time,
+            queue_wait,
+            redeliveries,
+            poison,
+        })
+    }
+}
