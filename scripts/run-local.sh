@@ -198,14 +198,6 @@ WORKER_SLOW_METRICS_ADDR=${WORKER_SLOW_METRICS_ADDR:-127.0.0.1:9103}
 AGGREGATOR_GRPC_ADDR=${AGGREGATOR_GRPC_ADDR:-127.0.0.1:50053}
 AGGREGATOR_METRICS_ADDR=${AGGREGATOR_METRICS_ADDR:-127.0.0.1:9104}
 
-# Refuse early and clearly rather than let a service die on "address in use".
-for var in GATEWAY_GRPC_ADDR GATEWAY_HTTP_ADDR GATEWAY_METRICS_ADDR \
-    WORKER_FAST_GRPC_ADDR WORKER_FAST_METRICS_ADDR \
-    WORKER_SLOW_GRPC_ADDR WORKER_SLOW_METRICS_ADDR \
-    AGGREGATOR_GRPC_ADDR AGGREGATOR_METRICS_ADDR; do
-    port_free "${!var}" || die "$var=${!var} is in use (or not bindable); set $var to another address, e.g. 127.0.0.1:0"
-done
-
 # The binaries. Built before NATS starts so a long compile holds no server.
 if [[ -n ${BIN_DIR:-} ]]; then
     BIN_DIR=$(cd "$BIN_DIR" && pwd)
@@ -220,6 +212,15 @@ else
 fi
 for b in tps-gateway tps-worker tps-aggregator; do
     [[ -x $BIN_DIR/$b ]] || die "$BIN_DIR/$b not found: is its crate a member of the workspace and does it build?"
+done
+
+# Checked after the build, which can take minutes: refuse early and clearly
+# rather than let a service die on "address in use".
+for var in GATEWAY_GRPC_ADDR GATEWAY_HTTP_ADDR GATEWAY_METRICS_ADDR \
+    WORKER_FAST_GRPC_ADDR WORKER_FAST_METRICS_ADDR \
+    WORKER_SLOW_GRPC_ADDR WORKER_SLOW_METRICS_ADDR \
+    AGGREGATOR_GRPC_ADDR AGGREGATOR_METRICS_ADDR; do
+    port_free "${!var}" || die "$var=${!var} is in use (or not bindable); set $var to another address, e.g. 127.0.0.1:0"
 done
 
 NATS_SERVER=$(bash "$ROOT/scripts/ensure-nats.sh")

@@ -64,7 +64,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     .map_err(|e| StartError::Broker(e.to_string()))?;
     let state = Arc::new(Mutex::new(counts::Counts::default()));
 
-    let standard = rpc::standard_services()?;
+    let standard = rpc::standard_services(&["tps.v1.AndonService", "tps.v1.KaizenService"])?;
     let routes = standard
         .routes
         .add_service(AndonServiceServer::new(grpc::Andon))

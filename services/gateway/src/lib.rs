@@ -45,7 +45,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         shutdown: shutdown.clone(),
     });
 
-    let standard = rpc::standard_services()?;
+    let standard = rpc::standard_services(&SERVICES[1..])?;
     let routes = standard
         .routes
         .add_service(

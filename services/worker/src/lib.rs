@@ -94,7 +94,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         shutdown: shutdown.clone(),
     });
 
-    let standard = rpc::standard_services()?;
+    let standard = rpc::standard_services(&["tps.v1.PoolService"])?;
     let routes = standard
         .routes
         .add_service(PoolServiceServer::new(grpc::PoolApi(worker.clone())));

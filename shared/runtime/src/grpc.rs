@@ -20,22 +20,25 @@ pub struct Standard {
 }
 
 /// Health (everything NOT_SERVING until the service says otherwise) and
-/// reflection over the `tps.v1` and health descriptors.
-pub fn standard_services() -> Result<Standard, tonic_reflection::server::Error> {
+/// reflection over the `tps.v1`, health and google.rpc descriptors. Reflection
+/// lists only `served` (plus health), so `grpcurl list` shows what this
+/// process really answers.
+pub fn standard_services(served: &[&str]) -> Result<Standard, tonic_reflection::server::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tps_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tps_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let builder = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tps_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health");
+        for name in served {
+            b = b.with_service_name(*name);
+        }
+        b
+    };
     let routes = Routes::new(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
+        .add_service(builder().build_v1()?)
+        .add_service(builder().build_v1alpha()?);
     Ok(Standard { health, routes })
 }
 

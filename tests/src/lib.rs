@@ -1,0 +1,411 @@
+//! The end-to-end harness. [`Stack::start`] starts a private `nats-server`
+//! (random port, temporary store) and the real, cargo-built binaries
+//! (gateway, a fast and a slow worker, the aggregator), each on port 0,
+//! reads the addresses they report through `TPS_PORTS_FILE`, and waits until
+//! each reports SERVING on grpc health, with a deadline and no sleeps. Every
+//! process is stopped when the harness is dropped, also when a test panics,
+//! and then the tail of each log is printed to help the reader.
+//!
+//! Binaries are found next to the test executable (`target/debug`), or in
+//! `TPS_BIN_DIR`; `make test` builds them first. The nats-server is
+//! `NATS_SERVER`, else `nats-server` on PATH (scripts/ensure-nats.sh installs one).
+
+pub mod prom;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// How long start-up of any one process may take.
+pub const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The directory holding the TPS binaries.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TPS_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/<test> → target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first (`cargo build --workspace --bins`; `make test` does)",
+        path.display()
+    );
+    path
+}
+
+fn nats_server() -> PathBuf {
+    if let Some(p) = std::env::var_os("NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/usr/local/bin"]) {
+        let p = Path::new(dir).join("nats-server");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("nats-server not found: run scripts/ensure-nats.sh or set NATS_SERVER")
+}
+
+fn wait_for_file(path: &Path, child: &mut Child, what: &str, log: &Path) -> String {
+    let deadline = Instant::now() + START_DEADLINE;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && !text.trim().is_empty()
+        {
+            return text;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited during start-up ({status}):\n{}", tail(log, 40));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not report its ports within {START_DEADLINE:?}:\n{}",
+            tail(log, 40)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last `n` lines of a log file.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<_> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Sends SIGTERM to a process.
+pub fn terminate(pid: u32) {
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+}
+
+/// A private JetStream server.
+pub struct Nats {
+    child: Child,
+    pub url: String,
+    pub log: PathBuf,
+    _store: tempfile::TempDir,
+}
+
+impl Nats {
+    pub fn start(dir: &Path) -> Self {
+        let store = tempfile::tempdir().expect("store dir");
+        let ports_dir = dir.join("nats-ports");
+        std::fs::create_dir_all(&ports_dir).expect("ports dir");
+        let log = dir.join("nats.log");
+        let mut child = Command::new(nats_server())
+            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
+            .arg(store.path())
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
+            .arg("-l")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        let ports_file = ports_dir.join(format!("nats-server_{}.ports", child.id()));
+        let text = wait_for_file(&ports_file, &mut child, "nats-server", &log);
+        let ports: serde_json::Value = serde_json::from_str(&text).expect("nats ports file");
+        let url = ports["nats"][0].as_str().expect("nats url").to_owned();
+        Self {
+            child,
+            url,
+            log,
+            _store: store,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One running TPS binary.
+pub struct Service {
+    pub name: String,
+    child: Child,
+    pub ports: HashMap<String, SocketAddr>,
+    pub log: PathBuf,
+}
+
+impl Service {
+    /// Starts `binary` with `args` and `env`, every listener on port 0.
+    pub fn start(dir: &Path, name: &str, binary: &str, args: &[&str], env: &[(&str, String)]) -> Self {
+        let ports_file = dir.join(format!("{name}.ports"));
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(bin(binary));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("TPS_GRPC_ADDR", "127.0.0.1:0")
+            .env("TPS_HTTP_ADDR", "127.0.0.1:0")
+            .env("TPS_METRICS_ADDR", "127.0.0.1:0")
+            .env("TPS_PORTS_FILE", &ports_file)
+            .env("TPS_LOG_FORMAT", "json")
+            .env("TPS_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log file"))
+            .stderr(out);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {binary}: {e}"));
+        let text = wait_for_file(&ports_file, &mut child, name, &log);
+        let raw: HashMap<String, String> = serde_json::from_str(&text).expect("ports file JSON");
+        let ports = raw
+            .into_iter()
+            .map(|(k, v)| (k, v.parse().expect("socket address")))
+            .collect();
+        Self {
+            name: name.to_owned(),
+            child,
+            ports,
+            log,
+        }
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        *self
+            .ports
+            .get(listener)
+            .unwrap_or_else(|| panic!("{} has no {listener} listener", self.name))
+    }
+
+    /// `http://host:port` of a listener.
+    pub fn url(&self, listener: &str) -> String {
+        format!("http://{}", self.addr(listener))
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url("grpc"))
+            .expect("url")
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.name))
+    }
+
+    /// Waits until grpc health reports SERVING (the whole server, "").
+    pub async fn wait_serving(&self) {
+        let mut health = HealthClient::new(self.channel().await);
+        let watch = async {
+            let mut stream = health
+                .watch(HealthCheckRequest { service: String::new() })
+                .await
+                .expect("health watch")
+                .into_inner();
+            while let Some(Ok(update)) = stream.next().await {
+                if update.status == ServingStatus::Serving as i32 {
+                    return;
+                }
+            }
+            panic!("{}: health watch ended before SERVING", self.name);
+        };
+        if tokio::time::timeout(START_DEADLINE, watch).await.is_err() {
+            panic!("{} not SERVING within {START_DEADLINE:?}:\n{}", self.name, tail(&self.log, 40));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then waits up to `within` for the process to exit.
+    pub async fn stop(&mut self, within: Duration) -> ExitStatus {
+        terminate(self.child.id());
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {within:?} of SIGTERM:\n{}",
+                self.name,
+                tail(&self.log, 30)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- {} log (last 30 lines) ---\n{}", self.name, tail(&self.log, 30));
+        }
+    }
+}
+
+/// Settings for [`Stack::start_with`].
+#[derive(Default, Clone)]
+pub struct StackOptions {
+    /// Extra environment for every service.
+    pub env: Vec<(&'static str, String)>,
+    /// Extra environment for the slow worker only.
+    pub slow_env: Vec<(&'static str, String)>,
+}
+
+/// NATS plus the four services, on a uuid-suffixed namespace.
+pub struct Stack {
+    pub gateway: Service,
+    pub worker_fast: Service,
+    pub worker_slow: Service,
+    pub aggregator: Service,
+    pub namespace: String,
+    pub nats: Nats,
+    pub dir: tempfile::TempDir,
+}
+
+impl Stack {
+    pub async fn start() -> Self {
+        Self::start_with(StackOptions::default()).await
+    }
+
+    pub async fn start_with(options: StackOptions) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let nats = Nats::start(dir.path());
+        let namespace = format!("t{}", uuid::Uuid::new_v4().simple());
+        let mut env: Vec<(&str, String)> = vec![
+            ("NATS_URL", nats.url.clone()),
+            ("TPS_NAMESPACE", namespace.clone()),
+            ("TPS_EXECUTE_MS", "5".to_owned()),
+        ];
+        env.extend(options.env.iter().cloned());
+        let with = |extra: &[(&'static str, String)]| {
+            let mut e = env.clone();
+            e.extend(extra.iter().cloned());
+            e
+        };
+        let gateway = Service::start(
+            dir.path(),
+            "gateway",
+            "tps-gateway",
+            &[],
+            &with(&[("TPS_INSTANCE_ID", "gateway-1".to_owned())]),
+        );
+        let worker_fast = Service::start(
+            dir.path(),
+            "worker-fast",
+            "tps-worker",
+            &["--pool", "fast"],
+            &with(&[("TPS_INSTANCE_ID", "worker-fast-1".to_owned())]),
+        );
+        let mut slow = vec![("TPS_INSTANCE_ID", "worker-slow-1".to_owned())];
+        slow.extend(options.slow_env.iter().cloned());
+        let worker_slow = Service::start(
+            dir.path(),
+            "worker-slow",
+            "tps-worker",
+            &["--pool", "slow"],
+            &with(&slow),
+        );
+        let aggregator = Service::start(
+            dir.path(),
+            "aggregator",
+            "tps-aggregator",
+            &[],
+            &with(&[("TPS_INSTANCE_ID", "aggregator-1".to_owned())]),
+        );
+        for s in [&gateway, &worker_fast, &worker_slow, &aggregator] {
+            s.wait_serving().await;
+        }
+        Self {
+            gateway,
+            worker_fast,
+            worker_slow,
+            aggregator,
+            namespace,
+            nats,
+            dir,
+        }
+    }
+
+    pub async fn signals(&self) -> tps_proto::v1::signal_service_client::SignalServiceClient<Channel> {
+        tps_proto::v1::signal_service_client::SignalServiceClient::new(self.gateway.channel().await)
+    }
+
+    /// The gateway's HTTP facade base URL.
+    pub fn http(&self) -> String {
+        self.gateway.url("http")
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after
+/// `within` with `what`. For state that converges asynchronously (counts on
+/// another service), never as a stand-in for a readiness signal.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Follows a signal with SignalService.Watch until it is terminal; returns
+/// the final status.
+pub async fn wait_terminal(
+    client: &mut tps_proto::v1::signal_service_client::SignalServiceClient<Channel>,
+    id: &str,
+) -> tps_proto::v1::SignalStatus {
+    let mut updates = client
+        .watch(tps_proto::v1::WatchRequest { id: id.to_owned() })
+        .await
+        .unwrap_or_else(|e| panic!("watch {id}: {e}"))
+        .into_inner();
+    let mut last = None;
+    while let Some(update) = updates.next().await {
+        let status = update.unwrap_or_else(|e| panic!("watch {id}: {e}"));
+        let terminal = tps_domain::is_terminal(status.state());
+        last = Some(status);
+        if terminal {
+            break;
+        }
+    }
+    let last = last.unwrap_or_else(|| panic!("watch {id} ended without an update"));
+    assert!(
+        tps_domain::is_terminal(last.state()),
+        "watch {id} ended at {:?}",
+        last.state()
+    );
+    last
+}
