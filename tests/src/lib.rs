@@ -54,7 +54,11 @@ fn nats_server() -> PathBuf {
     if let Some(p) = std::env::var_os("NATS_SERVER") {
         return PathBuf::from(p);
     }
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/usr/local/bin"]) {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/usr/local/bin"])
+    {
         let p = Path::new(dir).join("nats-server");
         if p.exists() {
             return p;
@@ -72,7 +76,10 @@ fn wait_for_file(path: &Path, child: &mut Child, what: &str, log: &Path) -> Stri
             return text;
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited during start-up ({status}):\n{}", tail(log, 40));
+            panic!(
+                "{what} exited during start-up ({status}):\n{}",
+                tail(log, 40)
+            );
         }
         assert!(
             Instant::now() < deadline,
@@ -92,7 +99,9 @@ pub fn tail(path: &Path, n: usize) -> String {
 
 /// Sends SIGTERM to a process.
 pub fn terminate(pid: u32) {
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
 }
 
 /// A private JetStream server.
@@ -155,7 +164,13 @@ pub struct Service {
 
 impl Service {
     /// Starts `binary` with `args` and `env`, every listener on port 0.
-    pub fn start(dir: &Path, name: &str, binary: &str, args: &[&str], env: &[(&str, String)]) -> Self {
+    pub fn start(
+        dir: &Path,
+        name: &str,
+        binary: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Self {
         let ports_file = dir.join(format!("{name}.ports"));
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).expect("log file");
@@ -175,7 +190,9 @@ impl Service {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {binary}: {e}"));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {binary}: {e}"));
         let text = wait_for_file(&ports_file, &mut child, name, &log);
         let raw: HashMap<String, String> = serde_json::from_str(&text).expect("ports file JSON");
         let ports = raw
@@ -215,7 +232,9 @@ impl Service {
         let mut health = HealthClient::new(self.channel().await);
         let watch = async {
             let mut stream = health
-                .watch(HealthCheckRequest { service: String::new() })
+                .watch(HealthCheckRequest {
+                    service: String::new(),
+                })
                 .await
                 .expect("health watch")
                 .into_inner();
@@ -227,7 +246,11 @@ impl Service {
             panic!("{}: health watch ended before SERVING", self.name);
         };
         if tokio::time::timeout(START_DEADLINE, watch).await.is_err() {
-            panic!("{} not SERVING within {START_DEADLINE:?}:\n{}", self.name, tail(&self.log, 40));
+            panic!(
+                "{} not SERVING within {START_DEADLINE:?}:\n{}",
+                self.name,
+                tail(&self.log, 40)
+            );
         }
     }
 
@@ -264,7 +287,11 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("--- {} log (last 30 lines) ---\n{}", self.name, tail(&self.log, 30));
+            eprintln!(
+                "--- {} log (last 30 lines) ---\n{}",
+                self.name,
+                tail(&self.log, 30)
+            );
         }
     }
 }
@@ -353,7 +380,9 @@ impl Stack {
         }
     }
 
-    pub async fn signals(&self) -> tps_proto::v1::signal_service_client::SignalServiceClient<Channel> {
+    pub async fn signals(
+        &self,
+    ) -> tps_proto::v1::signal_service_client::SignalServiceClient<Channel> {
         tps_proto::v1::signal_service_client::SignalServiceClient::new(self.gateway.channel().await)
     }
 
@@ -376,7 +405,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

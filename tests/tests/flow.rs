@@ -25,13 +25,28 @@ struct Case {
 fn case(i: usize) -> Case {
     let priority = 1 + (i % 4) as u32;
     let (signal_type, payload, mut pool, outcome) = match i % 3 {
-        0 if i % 10 == 0 => ("validate", json!({}), Pool::Fast, SignalState::Failed),
-        0 => ("validate", json!({"data": [i, i + 1]}), Pool::Fast, SignalState::Succeeded),
-        1 => ("execute", json!({"duration_ms": 2}), Pool::Slow, SignalState::Succeeded),
-        _ => ("report", json!({"values": [1, 2, i]}), Pool::Slow, SignalState::Succeeded),
+        0 if i.is_multiple_of(10) => ("validate", json!({}), Pool::Fast, SignalState::Failed),
+        0 => (
+            "validate",
+            json!({"data": [i, i + 1]}),
+            Pool::Fast,
+            SignalState::Succeeded,
+        ),
+        1 => (
+            "execute",
+            json!({"duration_ms": 2}),
+            Pool::Slow,
+            SignalState::Succeeded,
+        ),
+        _ => (
+            "report",
+            json!({"values": [1, 2, i]}),
+            Pool::Slow,
+            SignalState::Succeeded,
+        ),
     };
     // Some slow-pool types are routed to the fast pool by the caller.
-    let pool_override = (i % 3 != 0 && i % 7 == 0).then_some("fast");
+    let pool_override = (!i.is_multiple_of(3) && i.is_multiple_of(7)).then_some("fast");
     if pool_override.is_some() {
         pool = Pool::Fast;
     }
@@ -120,17 +135,30 @@ async fn two_hundred_signals_over_grpc_and_http_all_reach_their_terminal_state()
     let mut client = stack.signals().await;
     for (status, c) in &finals {
         let signal = status.signal.clone().unwrap();
-        assert_eq!(status.state(), c.outcome, "{} {}: {}", c.signal_type, signal.id, status.message);
+        assert_eq!(
+            status.state(),
+            c.outcome,
+            "{} {}: {}",
+            c.signal_type,
+            signal.id,
+            status.message
+        );
         assert_eq!(signal.pool(), c.pool);
         let expected_worker = match c.pool {
             Pool::Fast => "worker-fast-1",
             _ => "worker-slow-1",
         };
-        assert_eq!(status.worker_id, expected_worker, "{} ran on the {:?} pool", signal.id, c.pool);
+        assert_eq!(
+            status.worker_id, expected_worker,
+            "{} ran on the {:?} pool",
+            signal.id, c.pool
+        );
         assert_eq!(status.attempt, 1);
         // Get agrees with what Watch ended on.
         let got = client
-            .get(GetRequest { id: signal.id.clone() })
+            .get(GetRequest {
+                id: signal.id.clone(),
+            })
             .await
             .expect("Get")
             .into_inner();
@@ -160,22 +188,40 @@ async fn two_hundred_signals_over_grpc_and_http_all_reach_their_terminal_state()
         }
     }
     let metrics_url = format!("{}/metrics", stack.aggregator.url("metrics"));
-    let text = eventually(Duration::from_secs(30), "the aggregator to count 200 results", || {
-        let url = metrics_url.clone();
-        async move {
-            let text = prom::scrape(&url).await;
-            (prom::sum(&text, "tps_results_total", &[]) >= 200.0).then_some(text)
-        }
-    })
+    let text = eventually(
+        Duration::from_secs(30),
+        "the aggregator to count 200 results",
+        || {
+            let url = metrics_url.clone();
+            async move {
+                let text = prom::scrape(&url).await;
+                (prom::sum(&text, "tps_results_total", &[]) >= 200.0).then_some(text)
+            }
+        },
+    )
     .await;
     assert_eq!(prom::sum(&text, "tps_results_total", &[]), 200.0);
     for (pool, n) in &per_pool {
-        assert_eq!(prom::sum(&text, "tps_results_total", &[("pool", pool)]), *n, "pool {pool}");
+        assert_eq!(
+            prom::sum(&text, "tps_results_total", &[("pool", pool)]),
+            *n,
+            "pool {pool}"
+        );
     }
-    assert_eq!(prom::sum(&text, "tps_results_total", &[("outcome", "failed")]), failed);
     assert_eq!(
-        prom::sum(&text, "tps_results_total", &[("pool", "fast"), ("type", "execute")])
-            + prom::sum(&text, "tps_results_total", &[("pool", "fast"), ("type", "report")]),
+        prom::sum(&text, "tps_results_total", &[("outcome", "failed")]),
+        failed
+    );
+    assert_eq!(
+        prom::sum(
+            &text,
+            "tps_results_total",
+            &[("pool", "fast"), ("type", "execute")]
+        ) + prom::sum(
+            &text,
+            "tps_results_total",
+            &[("pool", "fast"), ("type", "report")]
+        ),
         cases.iter().filter(|c| c.pool_override.is_some()).count() as f64,
         "only overridden slow types ran on the fast pool"
     );

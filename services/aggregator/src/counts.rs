@@ -53,11 +53,13 @@ pub struct Metrics {
 }
 
 const BUCKETS: [f64; 16] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    300.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
-fn seconds_between(a: &Option<prost_types::Timestamp>, b: &Option<prost_types::Timestamp>) -> Option<f64> {
+fn seconds_between(
+    a: &Option<prost_types::Timestamp>,
+    b: &Option<prost_types::Timestamp>,
+) -> Option<f64> {
     let a = SystemTime::try_from(*a.as_ref()?).ok()?;
     let b = SystemTime::try_from(*b.as_ref()?).ok()?;
     b.duration_since(a).ok().map(|d| d.as_secs_f64())
@@ -67,11 +69,15 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = tps_runtime::metrics::registry("tps-aggregator");
         let results = IntCounterVec::new(
-            Opts::new("tps_results_total", "Results aggregated, by pool, type and outcome"),
+            Opts::new(
+                "tps_results_total",
+                "Results aggregated, by pool, type and outcome",
+            ),
             &["pool", "type", "outcome"],
         )?;
         let lead_time = HistogramVec::new(
-            HistogramOpts::new("tps_lead_time_seconds", "From submit to result").buckets(BUCKETS.to_vec()),
+            HistogramOpts::new("tps_lead_time_seconds", "From submit to result")
+                .buckets(BUCKETS.to_vec()),
             &["pool"],
         )?;
         let cycle_time = HistogramVec::new(
@@ -93,7 +99,11 @@ impl Metrics {
     pub fn observe(&self, r: &WorkResult) {
         let pool = names::pool(r.pool());
         self.results
-            .with_label_values(&[pool, names::signal_type(r.r#type()), names::state(r.state())])
+            .with_label_values(&[
+                pool,
+                names::signal_type(r.r#type()),
+                names::state(r.state()),
+            ])
             .inc();
         if let Some(s) = seconds_between(&r.submitted_at, &r.finished_at) {
             self.lead_time.with_label_values(&[pool]).observe(s);
@@ -128,7 +138,11 @@ mod tests {
         assert!(c.record(&result("a", 2, SignalState::Succeeded)));
         assert!(c.record(&result("b", 1, SignalState::Succeeded)));
         assert_eq!(c.total(), 3);
-        let k = ("fast".to_owned(), "validate".to_owned(), "succeeded".to_owned());
+        let k = (
+            "fast".to_owned(),
+            "validate".to_owned(),
+            "succeeded".to_owned(),
+        );
         assert_eq!(c.by_key()[&k], 2);
     }
 }

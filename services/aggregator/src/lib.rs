@@ -70,9 +70,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         .add_service(AndonServiceServer::new(grpc::Andon))
         .add_service(KaizenServiceServer::new(grpc::Kaizen));
     let (listener, grpc_addr) = rpc::bind(config.grpc_addr).await?;
-    let metrics_addr =
-        tps_runtime::metrics::serve(config.metrics_addr, metrics.registry.clone(), shutdown.clone())
-            .await?;
+    let metrics_addr = tps_runtime::metrics::serve(
+        config.metrics_addr,
+        metrics.registry.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     tps_runtime::ports::report(
         config.common.ports_file.as_deref(),
         &[("grpc", grpc_addr), ("metrics", metrics_addr)],
@@ -102,12 +105,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         }
     });
     for service in ["", "tps.v1.AndonService", "tps.v1.KaizenService"] {
-        standard.health.set_service_status(service, ServingStatus::Serving).await;
+        standard
+            .health
+            .set_service_status(service, ServingStatus::Serving)
+            .await;
     }
 
     let served = rpc::serve(listener, routes, shutdown.clone()).await;
     for service in ["", "tps.v1.AndonService", "tps.v1.KaizenService"] {
-        standard.health.set_service_status(service, ServingStatus::NotServing).await;
+        standard
+            .health
+            .set_service_status(service, ServingStatus::NotServing)
+            .await;
     }
     let _ = consumer.await;
     if let Ok(c) = state.lock() {

@@ -21,7 +21,8 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 
 /// Idempotency keys map to ids in this UUID v5 namespace.
-const IDEMPOTENCY_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f1d_5c3e_8a7b_4e2f_9c10_2b3a_4d5e_6f70);
+const IDEMPOTENCY_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6f1d_5c3e_8a7b_4e2f_9c10_2b3a_4d5e_6f70);
 
 pub struct Core {
     pub queue: Queue,
@@ -101,8 +102,9 @@ impl Core {
         }
 
         let submitted_at = SystemTime::now();
-        let deadline = (valid.timeout_ms > 0)
-            .then(|| Timestamp::from(submitted_at + Duration::from_millis(valid.timeout_ms.into())));
+        let deadline = (valid.timeout_ms > 0).then(|| {
+            Timestamp::from(submitted_at + Duration::from_millis(valid.timeout_ms.into()))
+        });
         let signal = Signal {
             id: id.clone(),
             r#type: valid.signal_type as i32,
@@ -174,7 +176,11 @@ impl Core {
         id: &str,
     ) -> Result<impl Stream<Item = Result<SignalStatus, ApiError>> + use<>, ApiError> {
         let status = self.get(id).await?;
-        let id = status.signal.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+        let id = status
+            .signal
+            .as_ref()
+            .map(|s| s.id.clone())
+            .unwrap_or_default();
         let updates = self.queue.watch_status(&id).await?;
         let shutdown = self.shutdown.clone().cancelled_owned();
         let mut done = false;
@@ -244,14 +250,22 @@ impl Core {
             enqueued_at: Some(now()),
             trace_context: trace.clone(),
         };
-        if let Err(e) = self.queue.publish_work(&item, &trace).instrument(span.clone()).await {
+        if let Err(e) = self
+            .queue
+            .publish_work(&item, &trace)
+            .instrument(span.clone())
+            .await
+        {
             // Not enqueued: put the record back the way it was.
             if let Err(restore) = self.queue.put_status(&previous).await {
                 tracing::error!(signal_id = %id, error = %restore, "could not restore status after a failed retry");
             }
             return Err(e.into());
         }
-        self.metrics.retried.with_label_values(&[names::pool(pool)]).inc();
+        self.metrics
+            .retried
+            .with_label_values(&[names::pool(pool)])
+            .inc();
         span.in_scope(|| tracing::info!(signal_id = %id, attempt, "signal retried"));
         Ok(SubmitResponse {
             id,
@@ -259,7 +273,10 @@ impl Core {
             state: SignalState::Queued as i32,
             trace_id,
             duplicate: false,
-            subject: self.queue.names().work_subject(pool, item_priority(&queued)),
+            subject: self
+                .queue
+                .names()
+                .work_subject(pool, item_priority(&queued)),
             attempt,
         })
     }
@@ -268,7 +285,10 @@ impl Core {
     pub async fn queues(&self) -> Vec<(Pool, Result<QueueStats, ApiError>)> {
         let mut out = Vec::new();
         for pool in [Pool::Fast, Pool::Slow] {
-            out.push((pool, self.queue.queue_stats(pool).await.map_err(ApiError::from)));
+            out.push((
+                pool,
+                self.queue.queue_stats(pool).await.map_err(ApiError::from),
+            ));
         }
         out
     }
@@ -279,7 +299,10 @@ impl Core {
 }
 
 fn item_priority(status: &SignalStatus) -> u32 {
-    status.signal.as_ref().map_or(validate::DEFAULT_PRIORITY, |s| s.priority)
+    status
+        .signal
+        .as_ref()
+        .map_or(validate::DEFAULT_PRIORITY, |s| s.priority)
 }
 
 fn response_from_status(status: &SignalStatus, core: &Core, duplicate: bool) -> SubmitResponse {

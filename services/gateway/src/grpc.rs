@@ -98,7 +98,9 @@ impl SignalService for Signals {
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let updates = self.0.watch(&request.into_inner().id).await?;
-        Ok(Response::new(Box::pin(updates.map(|r| r.map_err(Status::from)))))
+        Ok(Response::new(Box::pin(
+            updates.map(|r| r.map_err(Status::from)),
+        )))
     }
 
     async fn retry(

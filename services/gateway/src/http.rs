@@ -152,7 +152,10 @@ fn parse_submit(body: &[u8]) -> Result<SubmitRequest, ApiError> {
         )]));
     }
     let parsed: SubmitBody = serde_json::from_slice(body).map_err(|e| {
-        ApiError::Invalid(vec![FieldViolation::new("body", format!("not a valid signal: {e}"))])
+        ApiError::Invalid(vec![FieldViolation::new(
+            "body",
+            format!("not a valid signal: {e}"),
+        )])
     })?;
     to_request(parsed)
 }
@@ -259,7 +262,10 @@ mod tests {
             panic!("expected invalid")
         };
         let fields: Vec<_> = v.iter().map(|f| f.field.as_str()).collect();
-        assert_eq!(fields, ["signal_type", "priority", "payload", "timeout_ms", "pool"]);
+        assert_eq!(
+            fields,
+            ["signal_type", "priority", "payload", "timeout_ms", "pool"]
+        );
         assert!(serde_json::from_value::<SubmitBody>(json!({"signal_typo": "x"})).is_err());
     }
 }

@@ -58,9 +58,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let (grpc_listener, grpc_addr) = rpc::bind(config.grpc_addr).await?;
     let http_listener = tokio::net::TcpListener::bind(config.http_addr).await?;
     let http_addr = http_listener.local_addr()?;
-    let metrics_addr =
-        tps_runtime::metrics::serve(config.metrics_addr, metrics.registry.clone(), shutdown.clone())
-            .await?;
+    let metrics_addr = tps_runtime::metrics::serve(
+        config.metrics_addr,
+        metrics.registry.clone(),
+        shutdown.clone(),
+    )
+    .await?;
 
     let watcher = tokio::spawn(watch_health(core.clone(), standard.health.clone()));
     let http_shutdown = shutdown.clone();
@@ -72,7 +75,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
 
     tps_runtime::ports::report(
         config.common.ports_file.as_deref(),
-        &[("grpc", grpc_addr), ("http", http_addr), ("metrics", metrics_addr)],
+        &[
+            ("grpc", grpc_addr),
+            ("http", http_addr),
+            ("metrics", metrics_addr),
+        ],
     )?;
 
     let served = rpc::serve(grpc_listener, routes, shutdown.clone()).await;
@@ -99,9 +106,15 @@ async fn watch_health(core: core::SharedCore, health: tonic_health::server::Heal
             _ = core.shutdown.cancelled() => {}
         }
         let serving = core.healthy();
-        core.metrics.broker_connected.set(i64::from(core.queue.connected()));
+        core.metrics
+            .broker_connected
+            .set(i64::from(core.queue.connected()));
         if last != Some(serving) {
-            let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+            let status = if serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
             for service in SERVICES {
                 health.set_service_status(service, status).await;
             }
@@ -114,9 +127,18 @@ async fn watch_health(core: core::SharedCore, health: tonic_health::server::Heal
         for (pool, stats) in core.queues().await {
             if let Ok(s) = stats {
                 let label = [tps_domain::names::pool(pool)];
-                core.metrics.queue_depth.with_label_values(&label).set(s.depth as i64);
-                core.metrics.in_flight.with_label_values(&label).set(s.in_flight as i64);
-                core.metrics.redelivered.with_label_values(&label).set(s.redelivered as i64);
+                core.metrics
+                    .queue_depth
+                    .with_label_values(&label)
+                    .set(s.depth as i64);
+                core.metrics
+                    .in_flight
+                    .with_label_values(&label)
+                    .set(s.in_flight as i64);
+                core.metrics
+                    .redelivered
+                    .with_label_values(&label)
+                    .set(s.redelivered as i64);
             }
         }
     }

@@ -1,8 +1,6 @@
 //! The gateway's Prometheus series.
 
-use prometheus::{
-    Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct Metrics {

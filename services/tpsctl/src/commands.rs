@@ -69,7 +69,8 @@ pub async fn submit(gateway: &str, args: SubmitArgs) -> anyhow::Result<i32> {
     let pool = match &args.pool {
         None => 0,
         Some(p) => names::parse_pool(p)
-            .ok_or_else(|| anyhow::anyhow!("--pool must be fast or slow"))? as i32,
+            .ok_or_else(|| anyhow::anyhow!("--pool must be fast or slow"))?
+            as i32,
     };
     let mut client = connect(gateway).await?;
     let response = client
@@ -133,5 +134,7 @@ async fn follow(
             });
         }
     }
-    Err(anyhow::anyhow!("the watch ended before signal {id} was terminal"))
+    Err(anyhow::anyhow!(
+        "the watch ended before signal {id} was terminal"
+    ))
 }

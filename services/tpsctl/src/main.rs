@@ -18,7 +18,12 @@ use clap::{Parser, Subcommand};
 #[command(version, about = "Operate a TPS work-signal flow")]
 struct Cli {
     /// The gateway's gRPC address.
-    #[arg(long, global = true, env = "TPS_GATEWAY", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        global = true,
+        env = "TPS_GATEWAY",
+        default_value = "http://127.0.0.1:50051"
+    )]
     gateway: String,
     #[command(subcommand)]
     command: Command,

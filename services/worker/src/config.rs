@@ -34,7 +34,8 @@ impl Config {
             value: pool.to_owned(),
             reason: "expected fast or slow".to_owned(),
         })?;
-        let execute_ms: u64 = env.bounded("TPS_EXECUTE_MS", 50, 0, tps_domain::work::MAX_EXECUTE_MS)?;
+        let execute_ms: u64 =
+            env.bounded("TPS_EXECUTE_MS", 50, 0, tps_domain::work::MAX_EXECUTE_MS)?;
         Ok(Self {
             common: CommonConfig::from_env(env)?,
             pool,

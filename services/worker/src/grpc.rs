@@ -57,7 +57,10 @@ impl PoolService for PoolApi {
         Err(not_yet("Drain"))
     }
 
-    async fn set_fault(&self, _r: Request<SetFaultRequest>) -> Result<Response<PoolStatus>, Status> {
+    async fn set_fault(
+        &self,
+        _r: Request<SetFaultRequest>,
+    ) -> Result<Response<PoolStatus>, Status> {
         Err(not_yet("SetFault (fault injection)"))
     }
 }

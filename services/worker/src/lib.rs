@@ -99,9 +99,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         .routes
         .add_service(PoolServiceServer::new(grpc::PoolApi(worker.clone())));
     let (listener, grpc_addr) = rpc::bind(config.grpc_addr).await?;
-    let metrics_addr =
-        tps_runtime::metrics::serve(config.metrics_addr, metrics.registry.clone(), shutdown.clone())
-            .await?;
+    let metrics_addr = tps_runtime::metrics::serve(
+        config.metrics_addr,
+        metrics.registry.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     // The gRPC server outlives the pull loop a little, so operators can
     // still query the replica while it finishes its in-flight work.
     let server_stop = CancellationToken::new();
@@ -112,19 +115,35 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     )?;
 
     for service in ["", "tps.v1.PoolService"] {
-        standard.health.set_service_status(service, ServingStatus::Serving).await;
+        standard
+            .health
+            .set_service_status(service, ServingStatus::Serving)
+            .await;
     }
-    tracing::info!(pool = pool_name, capacity = config.kanban.num_workers, "line running");
+    tracing::info!(
+        pool = pool_name,
+        capacity = config.kanban.num_workers,
+        "line running"
+    );
 
     let tracker = TaskTracker::new();
     let pulled = pull_loop(worker.clone(), &tracker).await;
 
     for service in ["", "tps.v1.PoolService"] {
-        standard.health.set_service_status(service, ServingStatus::NotServing).await;
+        standard
+            .health
+            .set_service_status(service, ServingStatus::NotServing)
+            .await;
     }
     tracker.close();
-    tracing::info!(in_flight = worker.busy(), "stopping: finishing in-flight work");
-    if tokio::time::timeout(config.shutdown_grace, tracker.wait()).await.is_err() {
+    tracing::info!(
+        in_flight = worker.busy(),
+        "stopping: finishing in-flight work"
+    );
+    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             in_flight = worker.busy(),
             "grace period over; unfinished work will be redelivered"

@@ -29,7 +29,10 @@ impl Metrics {
     pub fn new(service: &str) -> Result<Self, prometheus::Error> {
         let registry = tps_runtime::metrics::registry(service);
         let processed = IntCounterVec::new(
-            Opts::new("tps_worker_processed_total", "Work items processed, by outcome"),
+            Opts::new(
+                "tps_worker_processed_total",
+                "Work items processed, by outcome",
+            ),
             &["pool", "type", "outcome"],
         )?;
         let busy = IntGaugeVec::new(
@@ -51,11 +54,17 @@ impl Metrics {
             &["pool"],
         )?;
         let redeliveries = IntCounterVec::new(
-            Opts::new("tps_worker_redeliveries_total", "Work items delivered more than once"),
+            Opts::new(
+                "tps_worker_redeliveries_total",
+                "Work items delivered more than once",
+            ),
             &["pool"],
         )?;
         let poison = IntCounterVec::new(
-            Opts::new("tps_worker_poison_total", "Work items that could not be decoded"),
+            Opts::new(
+                "tps_worker_poison_total",
+                "Work items that could not be decoded",
+            ),
             &["pool"],
         )?;
         registry.register(Box::new(processed.clone()))?;

@@ -36,7 +36,9 @@ pub async fn handle(worker: &Worker, message: Message) {
     let item = match WorkItem::decode(message.payload.clone()) {
         Ok(item) if item.signal.is_some() => item,
         other => {
-            let reason = other.err().map_or("no signal".to_owned(), |e| e.to_string());
+            let reason = other
+                .err()
+                .map_or("no signal".to_owned(), |e| e.to_string());
             tracing::warn!(subject = %message.subject, %reason, "undecodable work item; terminated");
             worker.metrics.poison.with_label_values(&[pool]).inc();
             let _ = message.ack_with(AckKind::Term).await;
@@ -51,8 +53,10 @@ pub async fn handle(worker: &Worker, message: Message) {
         pool,
         attempt = item.attempt,
         delivered,
+        trace_id = tracing::field::Empty,
     );
     tps_runtime::propagation::set_parent(&span, &item.trace_context);
+    span.record("trace_id", tps_runtime::telemetry::trace_id(&span).as_str());
     process(worker, &message, item, delivered)
         .instrument(span)
         .await;

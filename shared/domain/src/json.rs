@@ -67,21 +67,6 @@ fn value_depth(v: &Value) -> usize {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn round_trips() {
-        let j = json!({"a": 1, "b": [1.5, "x", null, true], "c": {"d": {}}});
-        let s = to_struct(&j).unwrap();
-        assert_eq!(from_struct(&s), j);
-        assert_eq!(depth(&s), 3);
-        assert!(to_struct(&json!([1])).is_none());
-    }
-}
-
 /// A signal's status as the HTTP facade and the CLI show it.
 pub fn status_view(status: &tps_proto::v1::SignalStatus) -> Json {
     use crate::names;
@@ -121,4 +106,19 @@ pub fn submit_view(r: &tps_proto::v1::SubmitResponse) -> Json {
         "duplicate": r.duplicate,
         "message": format!("{} on {}", names::state(r.state()), r.subject),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn round_trips() {
+        let j = json!({"a": 1, "b": [1.5, "x", null, true], "c": {"d": {}}});
+        let s = to_struct(&j).unwrap();
+        assert_eq!(from_struct(&s), j);
+        assert_eq!(depth(&s), 3);
+        assert!(to_struct(&json!([1])).is_none());
+    }
 }

@@ -59,7 +59,11 @@ mod tests {
         for p in [Pool::Fast, Pool::Slow] {
             assert_eq!(parse_pool(pool(p)), Some(p));
         }
-        for t in [SignalType::Validate, SignalType::Execute, SignalType::Report] {
+        for t in [
+            SignalType::Validate,
+            SignalType::Execute,
+            SignalType::Report,
+        ] {
             assert_eq!(parse_signal_type(signal_type(t)), Some(t));
         }
         assert_eq!(parse_signal_type("EXECUTE"), Some(SignalType::Execute));

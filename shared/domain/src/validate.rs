@@ -163,7 +163,11 @@ mod tests {
         r.timeout_ms = MAX_TIMEOUT_MS + 1;
         r.idempotency_key = "has space".into();
         r.pool = 7;
-        let fields: Vec<_> = submit(&r).unwrap_err().into_iter().map(|v| v.field).collect();
+        let fields: Vec<_> = submit(&r)
+            .unwrap_err()
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
         assert_eq!(
             fields,
             ["type", "priority", "timeout_ms", "idempotency_key", "pool"]

@@ -17,7 +17,7 @@ mod names;
 mod nats;
 
 pub use names::Names;
-pub use nats::{ConnectOptions, QueueStats, Queue, StatusEntry};
+pub use nats::{ConnectOptions, Queue, QueueStats, StatusEntry};
 
 /// What can go wrong talking to the queue.
 #[derive(Debug, thiserror::Error)]

@@ -118,10 +118,7 @@ impl Queue {
             },
         )
         .await?;
-        let work = js
-            .get_stream(names.work_stream())
-            .await
-            .map_err(broker)?;
+        let work = js.get_stream(names.work_stream()).await.map_err(broker)?;
         for pool in [Pool::Fast, Pool::Slow] {
             let name = names.worker_consumer(pool);
             work.get_or_create_consumer(
@@ -178,7 +175,10 @@ impl Queue {
         item: &WorkItem,
         trace: &HashMap<String, String>,
     ) -> Result<bool, QueueError> {
-        let signal = item.signal.as_ref().ok_or_else(|| broker("work item without signal"))?;
+        let signal = item
+            .signal
+            .as_ref()
+            .ok_or_else(|| broker("work item without signal"))?;
         let subject = self.names.work_subject(signal.pool(), signal.priority);
         let msg_id = message_id(&signal.id, item.attempt);
         self.publish(subject, &msg_id, trace, item.encode_to_vec().into())
@@ -376,10 +376,14 @@ fn classify_publish(message: &str) -> QueueError {
 
 async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), QueueError> {
     let name = config.name.clone();
-    match js.get_or_create_stream(config.clone()).await {
+    match js.get_or_create_stream(config).await {
         Ok(_) => Ok(()),
         // Another service created it between our lookup and create.
-        Err(_) => js.get_stream(&name).await.map(|_| ()).map_err(broker),
+        Err(create) => js
+            .get_stream(&name)
+            .await
+            .map(|_| ())
+            .map_err(|_| QueueError::Broker(format!("create stream {name}: {create}"))),
     }
 }
 
@@ -398,7 +402,12 @@ async fn ensure_bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::Stor
         .await;
     match created {
         Ok(store) => Ok(store),
-        Err(_) => js.get_key_value(bucket).await.map_err(broker),
+        // Another service may have created it meanwhile; if not, the create
+        // error is the one worth reporting.
+        Err(create) => js
+            .get_key_value(bucket)
+            .await
+            .map_err(|_| QueueError::Broker(format!("create bucket {bucket}: {create}"))),
     }
 }
 

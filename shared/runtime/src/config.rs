@@ -134,7 +134,12 @@ impl Env {
     }
 
     /// One of a fixed set of words.
-    pub fn choice(&self, var: &str, default: &str, allowed: &[&str]) -> Result<String, ConfigError> {
+    pub fn choice(
+        &self,
+        var: &str,
+        default: &str,
+        allowed: &[&str],
+    ) -> Result<String, ConfigError> {
         let raw = self.get(var).unwrap_or(default);
         if allowed.contains(&raw) {
             Ok(raw.to_owned())
@@ -338,7 +343,10 @@ mod tests {
         assert_eq!(e.var, "TPS_KANBAN_BUFFER");
 
         let env = Env::from_pairs([("TPS_CB_TIMEOUT", "soon")]);
-        assert_eq!(BreakerConfig::from_env(&env).unwrap_err().var, "TPS_CB_TIMEOUT");
+        assert_eq!(
+            BreakerConfig::from_env(&env).unwrap_err().var,
+            "TPS_CB_TIMEOUT"
+        );
 
         let env = Env::from_pairs([("NATS_URL", "localhost:4222")]);
         assert_eq!(CommonConfig::from_env(&env).unwrap_err().var, "NATS_URL");

@@ -72,11 +72,10 @@ pub fn init(service: &str, config: &CommonConfig) -> Result<TelemetryGuard, Tele
     global::set_tracer_provider(provider.clone());
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service.to_owned()));
 
-    let filter =
-        EnvFilter::try_new(&config.log_filter).map_err(|e| TelemetryError::Filter {
-            filter: config.log_filter.clone(),
-            reason: e.to_string(),
-        })?;
+    let filter = EnvFilter::try_new(&config.log_filter).map_err(|e| TelemetryError::Filter {
+        filter: config.log_filter.clone(),
+        reason: e.to_string(),
+    })?;
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     let result = if config.log_format == "json" {
         registry
@@ -84,14 +83,18 @@ pub fn init(service: &str, config: &CommonConfig) -> Result<TelemetryGuard, Tele
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(false)
+                    .with_current_span(true)
                     .with_span_list(false)
                     .with_writer(std::io::stderr),
             )
             .try_init()
     } else {
         registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_writer(std::io::stderr),
+            )
             .try_init()
     };
     result.map_err(|_| TelemetryError::AlreadySet)?;

@@ -1,0 +1,353 @@
+//! The API's contract at its edges: reflection, refusals with field
+//! violations on both transports, retry, idempotency, deadlines.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tonic::Code;
+use tonic_types::StatusExt;
+use tps_domain::json::to_struct;
+use tps_e2e::{Stack, StackOptions, wait_terminal};
+use tps_proto::v1::{GetRequest, RetryRequest, SignalState, SignalType, SubmitRequest};
+
+async fn list_services(service: &tps_e2e::Service) -> Vec<String> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let mut client = ServerReflectionClient::new(service.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = responses
+        .message()
+        .await
+        .expect("reflection reply")
+        .expect("one reply");
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection reply {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_every_service() {
+    let stack = Stack::start().await;
+    let gateway = list_services(&stack.gateway).await;
+    let worker = list_services(&stack.worker_fast).await;
+    let aggregator = list_services(&stack.aggregator).await;
+    for name in [
+        "tps.v1.SignalService",
+        "tps.v1.AdminService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            gateway.contains(&name.to_owned()),
+            "gateway lists {name}: {gateway:?}"
+        );
+    }
+    assert!(
+        worker.contains(&"tps.v1.PoolService".to_owned()),
+        "{worker:?}"
+    );
+    assert!(
+        worker.contains(&"grpc.health.v1.Health".to_owned()),
+        "{worker:?}"
+    );
+    for name in [
+        "tps.v1.AndonService",
+        "tps.v1.KaizenService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            aggregator.contains(&name.to_owned()),
+            "aggregator lists {name}: {aggregator:?}"
+        );
+    }
+    // Each process lists what it serves, not every service in the contracts.
+    assert!(
+        !gateway.contains(&"tps.v1.PoolService".to_owned()),
+        "{gateway:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_every_field_named_on_both_transports() {
+    let stack = Stack::start().await;
+    let mut client = stack.signals().await;
+
+    let err = client
+        .submit(SubmitRequest {
+            r#type: 0,
+            priority: 9,
+            timeout_ms: 4_000_000,
+            ..Default::default()
+        })
+        .await
+        .expect_err("invalid submit");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let fields: Vec<String> = err
+        .get_details_bad_request()
+        .expect("BadRequest details")
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
+    assert_eq!(fields, ["type", "priority", "timeout_ms"]);
+    assert_eq!(
+        err.get_details_error_info().expect("ErrorInfo").reason,
+        "INVALID_ARGUMENT"
+    );
+
+    let err = client
+        .get(GetRequest {
+            id: "not-a-uuid".into(),
+        })
+        .await
+        .expect_err("malformed id");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = client
+        .get(GetRequest {
+            id: uuid::Uuid::now_v7().to_string(),
+        })
+        .await
+        .expect_err("unknown id");
+    assert_eq!(err.code(), Code::NotFound);
+
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/signal", stack.http()))
+        .json(&json!({"signal_type": "dance", "priority": 0, "payload": [1, 2]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "INVALID_ARGUMENT");
+    let fields: Vec<&str> = body["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["signal_type", "priority", "payload"]);
+
+    for bad in ["", "{", "{\"signal_type\":\"validate\",\"surprise\":1}"] {
+        let r = http
+            .post(format!("{}/signal", stack.http()))
+            .header("content-type", "application/json")
+            .body(bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "body {bad:?}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["details"][0]["field"], "body", "body {bad:?}");
+    }
+    let r = http
+        .get(format!(
+            "{}/signal/{}/status",
+            stack.http(),
+            uuid::Uuid::now_v7()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Nothing invalid reached a queue; every refusal was counted.
+    let status: Value = http
+        .get(format!("{}/status", stack.http()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["signals"]["accepted_total"], 0);
+    assert_eq!(status["signals"]["refused_total"], 5);
+    assert_eq!(status["queues"]["fast"]["depth"], 0);
+    assert_eq!(status["queues"]["slow"]["depth"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_signal_can_be_retried_and_a_succeeded_one_cannot() {
+    let stack = Stack::start().await;
+    let mut client = stack.signals().await;
+    let failing = client
+        .submit(SubmitRequest {
+            r#type: SignalType::Validate as i32,
+            payload: to_struct(&json!({"data": "not numbers"})),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let done = wait_terminal(&mut client, &failing.id).await;
+    assert_eq!(done.state(), SignalState::Failed);
+    assert!(done.message.contains("data"), "{}", done.message);
+
+    let retried = client
+        .retry(RetryRequest {
+            id: failing.id.clone(),
+        })
+        .await
+        .expect("retry a failed signal")
+        .into_inner();
+    assert_eq!(retried.attempt, 2);
+    assert_eq!(retried.id, failing.id);
+    let again = wait_terminal(&mut client, &failing.id).await;
+    assert_eq!(again.attempt, 2, "the second attempt ran");
+    assert_eq!(again.state(), SignalState::Failed);
+
+    let ok = client
+        .submit(SubmitRequest {
+            r#type: SignalType::Report as i32,
+            payload: to_struct(&json!({"n": [1, 2, 3]})),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let done = wait_terminal(&mut client, &ok.id).await;
+    assert_eq!(done.state(), SignalState::Succeeded);
+    let output = tps_domain::json::from_struct(done.output.as_ref().unwrap());
+    assert_eq!(output["sum"], 6);
+    let err = client
+        .retry(RetryRequest { id: ok.id.clone() })
+        .await
+        .expect_err("retrying a succeeded signal");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    // Over HTTP: 409 for the same refusal.
+    let r = reqwest::Client::new()
+        .post(format!("{}/signal/{}/retry", stack.http(), ok.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_idempotency_key_is_one_signal() {
+    let stack = Stack::start().await;
+    let mut client = stack.signals().await;
+    let req = SubmitRequest {
+        r#type: SignalType::Execute as i32,
+        payload: to_struct(&json!({"order": 42})),
+        idempotency_key: format!("order-42-{}", uuid::Uuid::new_v4()),
+        ..Default::default()
+    };
+    let first = client.submit(req.clone()).await.unwrap().into_inner();
+    let second = client.submit(req.clone()).await.unwrap().into_inner();
+    assert_eq!(first.id, second.id);
+    assert!(!first.duplicate);
+    assert!(second.duplicate);
+    wait_terminal(&mut client, &first.id).await;
+    let third = client.submit(req).await.unwrap().into_inner();
+    assert_eq!(third.id, first.id);
+    assert_eq!(
+        third.state(),
+        SignalState::Succeeded,
+        "answers with the signal's current state"
+    );
+
+    let worker = prom_processed(&stack.worker_slow).await;
+    assert_eq!(worker, 1.0, "the work ran once");
+}
+
+async fn prom_processed(service: &tps_e2e::Service) -> f64 {
+    let text = tps_e2e::prom::scrape(&format!("{}/metrics", service.url("metrics"))).await;
+    tps_e2e::prom::sum(&text, "tps_worker_processed_total", &[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_whose_deadline_passes_in_the_queue_expires() {
+    // One slow handler, kept busy, so the second signal waits past its deadline.
+    let stack = Stack::start_with(StackOptions {
+        slow_env: vec![("TPS_NUM_WORKERS", "1".to_owned())],
+        ..Default::default()
+    })
+    .await;
+    let mut client = stack.signals().await;
+    let busy = client
+        .submit(SubmitRequest {
+            r#type: SignalType::Execute as i32,
+            payload: to_struct(&json!({"duration_ms": 800})),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let hurried = client
+        .submit(SubmitRequest {
+            r#type: SignalType::Execute as i32,
+            timeout_ms: 100,
+            payload: to_struct(&json!({"duration_ms": 1})),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let done = tokio::time::timeout(
+        Duration::from_secs(20),
+        wait_terminal(&mut client, &hurried.id),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.state(), SignalState::Expired, "{}", done.message);
+    assert_eq!(
+        wait_terminal(&mut client, &busy.id).await.state(),
+        SignalState::Succeeded
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_with_queue_full_instead_of_dropping() {
+    // Buffer 2 per pool: the work stream holds 4 items. One slow handler
+    // holds the first (unacked items still count), three wait, the fifth is refused.
+    let stack = Stack::start_with(StackOptions {
+        env: vec![("TPS_KANBAN_BUFFER", "2".to_owned())],
+        slow_env: vec![("TPS_NUM_WORKERS", "1".to_owned())],
+    })
+    .await;
+    let mut client = stack.signals().await;
+    let long = SubmitRequest {
+        r#type: SignalType::Execute as i32,
+        payload: to_struct(&json!({"duration_ms": 3000})),
+        ..Default::default()
+    };
+    for _ in 0..4 {
+        client
+            .submit(long.clone())
+            .await
+            .expect("room in the queue");
+    }
+    let err = client.submit(long.clone()).await.expect_err("queue full");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(err.get_details_error_info().unwrap().reason, "QUEUE_FULL");
+    assert!(
+        err.get_details_retry_info().is_some(),
+        "RetryInfo tells when to come back"
+    );
+
+    let r = reqwest::Client::new()
+        .post(format!("{}/signal", stack.http()))
+        .json(&json!({"signal_type": "execute", "payload": {"duration_ms": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["reason"], "QUEUE_FULL");
+}
