@@ -351,3 +351,38 @@ async fn a_full_queue_refuses_with_queue_full_instead_of_dropping() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["reason"], "QUEUE_FULL");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_ends_right_after_the_terminal_state() {
+    let stack = Stack::start().await;
+    let mut client = stack.signals().await;
+    let r = client
+        .submit(SubmitRequest {
+            r#type: SignalType::Execute as i32,
+            payload: to_struct(&json!({"duration_ms": 200})),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let updates = client
+        .watch(tps_proto::v1::WatchRequest { id: r.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    // The whole stream, not just up to the terminal state: it must close.
+    let states: Vec<SignalState> = tokio::time::timeout(
+        Duration::from_secs(20),
+        futures::StreamExt::collect::<Vec<_>>(updates),
+    )
+    .await
+    .expect("the watch stream closes after the terminal state")
+    .into_iter()
+    .map(|u| u.expect("update").state())
+    .collect();
+    assert_eq!(states.last(), Some(&SignalState::Succeeded), "{states:?}");
+    assert!(
+        states.contains(&SignalState::Running) || states.len() == 1,
+        "{states:?}"
+    );
+}

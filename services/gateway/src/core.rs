@@ -183,18 +183,20 @@ impl Core {
             .unwrap_or_default();
         let updates = self.queue.watch_status(&id).await?;
         let shutdown = self.shutdown.clone().cancelled_owned();
-        let mut done = false;
-        let stream = updates
-            .take_until(shutdown)
-            .map(|r| r.map_err(ApiError::from))
-            .take_while(move |item| {
-                let keep = !done;
-                if let Ok(s) = item {
-                    done = is_terminal(s.state());
+        let updates = Box::pin(updates.take_until(shutdown));
+        // Ends right after yielding a terminal state, without waiting for
+        // another update that will never come.
+        Ok(futures::stream::unfold(
+            (updates, false),
+            |(mut updates, done)| async move {
+                if done {
+                    return None;
                 }
-                futures::future::ready(keep)
-            });
-        Ok(stream)
+                let item = updates.next().await?.map_err(ApiError::from);
+                let terminal = matches!(&item, Ok(s) if is_terminal(s.state()));
+                Some((item, (updates, terminal)))
+            },
+        ))
     }
 
     /// Runs a FAILED, DEAD_LETTERED or EXPIRED signal again as attempt + 1.
