@@ -235,8 +235,9 @@ cleanup() {
     rm -f "$PIDS_FILE" "$RUN_DIR"/*.ports "$RUN_DIR"/*.ports.tmp
     log "all stopped; logs are in $RUN_DIR"
 }
-trap 'cleanup; exit 130' INT
-trap 'cleanup; exit 143' TERM
+# Ctrl-C, SIGTERM and `stop` are the normal way to end a run: exit 0.
+trap 'cleanup; exit 0' INT
+trap 'cleanup; exit 0' TERM
 trap 'rc=$?; cleanup; exit $rc' EXIT
 
 printf 'supervisor %s run-local.sh\n' "$$" >"$PIDS_FILE"
