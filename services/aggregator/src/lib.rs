@@ -11,14 +11,13 @@ pub mod grpc;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tps_proto::v1::andon_service_server::AndonServiceServer;
 use tps_proto::v1::kaizen_service_server::KaizenServiceServer;
-use tps_queue::{ConnectOptions, Names, Queue};
+use tps_queue::{ConnectOptions, Queue};
 use tps_runtime::config::{CommonConfig, KanbanConfig, andon_history};
 use tps_runtime::{ConfigError, Env, StartError, grpc as rpc};
 
@@ -32,8 +31,6 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     /// `TPS_METRICS_ADDR`, default `0.0.0.0:9090`.
     pub metrics_addr: SocketAddr,
-    /// `TPS_NATS_CONNECT_TIMEOUT`, default 30s.
-    pub connect_timeout: Duration,
 }
 
 impl Config {
@@ -44,7 +41,6 @@ impl Config {
             andon_history: andon_history(env)?,
             grpc_addr: env.addr("TPS_GRPC_ADDR", "0.0.0.0:50053")?,
             metrics_addr: env.addr("TPS_METRICS_ADDR", "0.0.0.0:9090")?,
-            connect_timeout: env.duration("TPS_NATS_CONNECT_TIMEOUT", Duration::from_secs(30))?,
         })
     }
 }
@@ -52,16 +48,12 @@ impl Config {
 /// Runs the aggregator until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     let metrics = counts::Metrics::new().map_err(|e| StartError::Broker(e.to_string()))?;
-    let queue = Queue::connect(&ConnectOptions {
-        url: config.common.nats_url.clone(),
-        client_name: format!("tps-aggregator {}", config.common.instance_id),
-        names: Names::new(&config.common.namespace),
-        buffer_per_pool: config.kanban.buffer,
-        pool_capacity: config.kanban.pool_capacity(),
-        connect_timeout: config.connect_timeout,
-    })
-    .await
-    .map_err(|e| StartError::Broker(e.to_string()))?;
+    let queue = Queue::connect(&ConnectOptions::from_config(
+        "tps-aggregator",
+        &config.common,
+        &config.kanban,
+    ))
+    .await?;
     let state = Arc::new(Mutex::new(counts::Counts::default()));
 
     let standard = rpc::standard_services(&["tps.v1.AndonService", "tps.v1.KaizenService"])?;
@@ -81,10 +73,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         &[("grpc", grpc_addr), ("metrics", metrics_addr)],
     )?;
 
-    let results = queue
-        .replay_results()
-        .await
-        .map_err(|e| StartError::Broker(e.to_string()))?;
+    let results = queue.replay_results().await?;
     let consume_stop = shutdown.clone();
     let consumer_state = state.clone();
     let consumer = tokio::spawn(async move {

@@ -1,7 +1,6 @@
 //! The gateway's settings, read once at start-up through the shared loader.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use tps_runtime::config::{BreakerConfig, CommonConfig, KanbanConfig, andon_history, redact_url};
 use tps_runtime::{ConfigError, Env};
@@ -18,8 +17,6 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// `TPS_METRICS_ADDR`, default `0.0.0.0:9090`.
     pub metrics_addr: SocketAddr,
-    /// `TPS_NATS_CONNECT_TIMEOUT`, default 30s: how long start-up waits for NATS.
-    pub connect_timeout: Duration,
 }
 
 impl Config {
@@ -32,7 +29,6 @@ impl Config {
             grpc_addr: env.addr("TPS_GRPC_ADDR", "0.0.0.0:50051")?,
             http_addr: env.addr("TPS_HTTP_ADDR", "0.0.0.0:8080")?,
             metrics_addr: env.addr("TPS_METRICS_ADDR", "0.0.0.0:9090")?,
-            connect_timeout: env.duration("TPS_NATS_CONNECT_TIMEOUT", Duration::from_secs(30))?,
         })
     }
 

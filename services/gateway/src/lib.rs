@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tps_proto::v1::admin_service_server::AdminServiceServer;
 use tps_proto::v1::signal_service_server::SignalServiceServer;
-use tps_queue::{ConnectOptions, Names, Queue};
+use tps_queue::{ConnectOptions, Queue};
 use tps_runtime::{StartError, grpc as rpc};
 
 pub use config::Config;
@@ -26,16 +26,12 @@ const SERVICES: [&str; 3] = ["", "tps.v1.SignalService", "tps.v1.AdminService"];
 /// Runs the gateway until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     let metrics = metrics::Metrics::new().map_err(|e| StartError::Broker(e.to_string()))?;
-    let queue = Queue::connect(&ConnectOptions {
-        url: config.common.nats_url.clone(),
-        client_name: format!("tps-gateway {}", config.common.instance_id),
-        names: Names::new(&config.common.namespace),
-        buffer_per_pool: config.kanban.buffer,
-        pool_capacity: config.kanban.pool_capacity(),
-        connect_timeout: config.connect_timeout,
-    })
-    .await
-    .map_err(|e| StartError::Broker(e.to_string()))?;
+    let queue = Queue::connect(&ConnectOptions::from_config(
+        "tps-gateway",
+        &config.common,
+        &config.kanban,
+    ))
+    .await?;
 
     let core = Arc::new(core::Core {
         queue,

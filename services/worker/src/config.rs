@@ -23,8 +23,6 @@ pub struct Config {
     pub execute_default: Duration,
     /// `TPS_SHUTDOWN_GRACE`, default 30s: how long shutdown waits for in-flight work.
     pub shutdown_grace: Duration,
-    /// `TPS_NATS_CONNECT_TIMEOUT`, default 30s.
-    pub connect_timeout: Duration,
 }
 
 impl Config {
@@ -45,7 +43,6 @@ impl Config {
             metrics_addr: env.addr("TPS_METRICS_ADDR", "0.0.0.0:9090")?,
             execute_default: Duration::from_millis(execute_ms),
             shutdown_grace: env.duration("TPS_SHUTDOWN_GRACE", Duration::from_secs(30))?,
-            connect_timeout: env.duration("TPS_NATS_CONNECT_TIMEOUT", Duration::from_secs(30))?,
         })
     }
 }

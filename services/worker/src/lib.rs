@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use tonic_health::ServingStatus;
 use tps_proto::v1::Pool;
 use tps_proto::v1::pool_service_server::PoolServiceServer;
-use tps_queue::{ConnectOptions, Names, Queue};
+use tps_queue::{ConnectOptions, Queue};
 use tps_runtime::{StartError, grpc as rpc};
 
 pub use config::Config;
@@ -70,16 +70,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let pool_name = tps_domain::names::pool(config.pool);
     let service = format!("tps-worker-{pool_name}");
     let metrics = metrics::Metrics::new(&service).map_err(|e| StartError::Broker(e.to_string()))?;
-    let queue = Queue::connect(&ConnectOptions {
-        url: config.common.nats_url.clone(),
-        client_name: format!("{service} {}", config.common.instance_id),
-        names: Names::new(&config.common.namespace),
-        buffer_per_pool: config.kanban.buffer,
-        pool_capacity: config.kanban.pool_capacity(),
-        connect_timeout: config.connect_timeout,
-    })
-    .await
-    .map_err(|e| StartError::Broker(e.to_string()))?;
+    let queue = Queue::connect(&ConnectOptions::from_config(
+        &service,
+        &config.common,
+        &config.kanban,
+    ))
+    .await?;
     metrics
         .capacity
         .with_label_values(&[pool_name])
@@ -161,11 +157,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
 
 /// Pulls work while there is capacity, until shutdown.
 async fn pull_loop(worker: Arc<Worker>, tracker: &TaskTracker) -> Result<(), StartError> {
-    let consumer = worker
-        .queue
-        .work_consumer(worker.pool())
-        .await
-        .map_err(|e| StartError::Broker(e.to_string()))?;
+    let consumer = worker.queue.work_consumer(worker.pool()).await?;
     let mut backoff = Duration::from_millis(100);
     while !worker.shutdown.is_cancelled() {
         // Kanban: wait for a free handler before asking for work at all.

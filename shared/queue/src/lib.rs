@@ -35,3 +35,9 @@ pub enum QueueError {
     #[error("queue error: {0}")]
     Broker(String),
 }
+
+impl From<QueueError> for tps_runtime::StartError {
+    fn from(e: QueueError) -> Self {
+        Self::Broker(e.to_string())
+    }
+}

@@ -34,6 +34,24 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
 }
 
+impl ConnectOptions {
+    /// The options every TPS service uses, from its shared settings.
+    pub fn from_config(
+        service: &str,
+        common: &tps_runtime::config::CommonConfig,
+        kanban: &tps_runtime::config::KanbanConfig,
+    ) -> Self {
+        Self {
+            url: common.nats_url.clone(),
+            client_name: format!("{service} {}", common.instance_id),
+            names: Names::new(&common.namespace),
+            buffer_per_pool: kanban.buffer,
+            pool_capacity: kanban.pool_capacity(),
+            connect_timeout: common.connect_timeout,
+        }
+    }
+}
+
 /// Depth and in-flight work of one pool's queue.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueStats {
@@ -121,20 +139,21 @@ impl Queue {
         let work = js.get_stream(names.work_stream()).await.map_err(broker)?;
         for pool in [Pool::Fast, Pool::Slow] {
             let name = names.worker_consumer(pool);
-            work.get_or_create_consumer(
-                &name,
-                consumer::pull::Config {
-                    durable_name: Some(name.clone()),
-                    filter_subject: names.work_filter(pool),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
-                    max_deliver: 5,
-                    max_ack_pending: i64::from(opts.pool_capacity),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(broker)?;
+            let config = consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: names.work_filter(pool),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_deliver: 5,
+                max_ack_pending: i64::from(opts.pool_capacity),
+                ..Default::default()
+            };
+            if let Err(create) = work.get_or_create_consumer(&name, config).await {
+                // Another service created it between our lookup and create.
+                work.get_consumer::<consumer::pull::Config>(&name)
+                    .await
+                    .map_err(|_| QueueError::Broker(format!("create consumer {name}: {create}")))?;
+            }
         }
         let status = ensure_bucket(&js, &names.status_bucket()).await?;
         tracing::info!(

@@ -210,6 +210,9 @@ pub struct CommonConfig {
     pub ports_file: Option<String>,
     /// `TPS_INSTANCE_ID`: this replica's name; default hostname-pid.
     pub instance_id: String,
+    /// `TPS_NATS_CONNECT_TIMEOUT` (default 30s): how long start-up keeps
+    /// trying to reach NATS.
+    pub connect_timeout: Duration,
 }
 
 impl CommonConfig {
@@ -250,6 +253,7 @@ impl CommonConfig {
                 .to_owned(),
             ports_file: env.get("TPS_PORTS_FILE").map(str::to_owned),
             instance_id: env.string("TPS_INSTANCE_ID", &default_instance),
+            connect_timeout: env.duration("TPS_NATS_CONNECT_TIMEOUT", Duration::from_secs(30))?,
         })
     }
 }
