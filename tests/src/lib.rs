@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
+pub use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 /// How long start-up of any one process may take.
@@ -109,18 +109,59 @@ pub struct Nats {
     child: Child,
     pub url: String,
     pub log: PathBuf,
-    _store: tempfile::TempDir,
+    dir: PathBuf,
+    store: tempfile::TempDir,
 }
 
 impl Nats {
     pub fn start(dir: &Path) -> Self {
         let store = tempfile::tempdir().expect("store dir");
+        let (child, url, log) = Self::spawn(dir, store.path(), "-1");
+        Self {
+            child,
+            url,
+            log,
+            dir: dir.to_path_buf(),
+            store,
+        }
+    }
+
+    /// Stops the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.kill();
+        let port = self.url.rsplit(':').next().expect("port").to_owned();
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            // The old socket may linger for a moment.
+            let (child, url, log) = Self::spawn(&self.dir, self.store.path(), &port);
+            let mut child = child;
+            std::thread::sleep(Duration::from_millis(100));
+            if child.try_wait().ok().flatten().is_none() {
+                self.child = child;
+                self.url = url;
+                self.log = log;
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not restart on port {port}"
+            );
+        }
+    }
+
+    fn spawn(dir: &Path, store: &Path, port: &str) -> (Child, String, PathBuf) {
         let ports_dir = dir.join("nats-ports");
         std::fs::create_dir_all(&ports_dir).expect("ports dir");
         let log = dir.join("nats.log");
         let mut child = Command::new(nats_server())
-            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
-            .arg(store.path())
+            .args(["-js", "-a", "127.0.0.1", "-p", port, "-sd"])
+            .arg(store)
             .arg("--ports_file_dir")
             .arg(&ports_dir)
             .arg("-l")
@@ -134,12 +175,7 @@ impl Nats {
         let text = wait_for_file(&ports_file, &mut child, "nats-server", &log);
         let ports: serde_json::Value = serde_json::from_str(&text).expect("nats ports file");
         let url = ports["nats"][0].as_str().expect("nats url").to_owned();
-        Self {
-            child,
-            url,
-            log,
-            _store: store,
-        }
+        (child, url, log)
     }
 
     pub fn pid(&self) -> u32 {
@@ -258,6 +294,30 @@ impl Service {
         self.child.id()
     }
 
+    pub async fn pool_client(
+        &self,
+    ) -> tps_proto::v1::pool_service_client::PoolServiceClient<Channel> {
+        tps_proto::v1::pool_service_client::PoolServiceClient::new(self.channel().await)
+    }
+
+    /// The grpc health status of the whole server right now.
+    pub async fn health(&self) -> ServingStatus {
+        let mut health = HealthClient::new(self.channel().await);
+        let r = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("health check")
+            .into_inner();
+        ServingStatus::try_from(r.status).unwrap_or(ServingStatus::Unknown)
+    }
+
+    /// Scrapes this service's /metrics.
+    pub async fn metrics(&self) -> String {
+        prom::scrape(&format!("{}/metrics", self.url("metrics"))).await
+    }
+
     /// SIGTERM, then waits up to `within` for the process to exit.
     pub async fn stop(&mut self, within: Duration) -> ExitStatus {
         terminate(self.child.id());
@@ -296,6 +356,19 @@ impl Drop for Service {
     }
 }
 
+/// The admin token every test stack is started with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// `request` with `authorization: Bearer <ADMIN_TOKEN>`.
+pub fn admin<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN_TOKEN}").parse().expect("header"),
+    );
+    request
+}
+
 /// Settings for [`Stack::start_with`].
 #[derive(Default, Clone)]
 pub struct StackOptions {
@@ -303,6 +376,10 @@ pub struct StackOptions {
     pub env: Vec<(&'static str, String)>,
     /// Extra environment for the slow worker only.
     pub slow_env: Vec<(&'static str, String)>,
+    /// Extra environment for the fast worker only.
+    pub fast_env: Vec<(&'static str, String)>,
+    /// Extra environment for the gateway only.
+    pub gateway_env: Vec<(&'static str, String)>,
 }
 
 /// NATS plus the four services, on a uuid-suffixed namespace.
@@ -314,6 +391,8 @@ pub struct Stack {
     pub namespace: String,
     pub nats: Nats,
     pub dir: tempfile::TempDir,
+    env: Vec<(&'static str, String)>,
+    pub extra_workers: Vec<Service>,
 }
 
 impl Stack {
@@ -329,6 +408,7 @@ impl Stack {
             ("NATS_URL", nats.url.clone()),
             ("TPS_NAMESPACE", namespace.clone()),
             ("TPS_EXECUTE_MS", "5".to_owned()),
+            ("TPS_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
         ];
         env.extend(options.env.iter().cloned());
         let with = |extra: &[(&'static str, String)]| {
@@ -336,19 +416,17 @@ impl Stack {
             e.extend(extra.iter().cloned());
             e
         };
-        let gateway = Service::start(
-            dir.path(),
-            "gateway",
-            "tps-gateway",
-            &[],
-            &with(&[("TPS_INSTANCE_ID", "gateway-1".to_owned())]),
-        );
+        let mut gw = vec![("TPS_INSTANCE_ID", "gateway-1".to_owned())];
+        gw.extend(options.gateway_env.iter().cloned());
+        let gateway = Service::start(dir.path(), "gateway", "tps-gateway", &[], &with(&gw));
+        let mut fast = vec![("TPS_INSTANCE_ID", "worker-fast-1".to_owned())];
+        fast.extend(options.fast_env.iter().cloned());
         let worker_fast = Service::start(
             dir.path(),
             "worker-fast",
             "tps-worker",
             &["--pool", "fast"],
-            &with(&[("TPS_INSTANCE_ID", "worker-fast-1".to_owned())]),
+            &with(&fast),
         );
         let mut slow = vec![("TPS_INSTANCE_ID", "worker-slow-1".to_owned())];
         slow.extend(options.slow_env.iter().cloned());
@@ -377,7 +455,36 @@ impl Stack {
             namespace,
             nats,
             dir,
+            env: env.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            extra_workers: Vec::new(),
         }
+    }
+
+    /// Starts another replica of `pool`'s worker, named `instance`.
+    pub async fn add_worker(
+        &mut self,
+        pool: &str,
+        instance: &str,
+        extra: &[(&'static str, String)],
+    ) {
+        let mut env = self.env.clone();
+        env.push(("TPS_INSTANCE_ID", instance.to_owned()));
+        env.extend(extra.iter().cloned());
+        let worker = Service::start(
+            self.dir.path(),
+            instance,
+            "tps-worker",
+            &["--pool", pool],
+            &env,
+        );
+        worker.wait_serving().await;
+        self.extra_workers.push(worker);
+    }
+
+    pub async fn admin_client(
+        &self,
+    ) -> tps_proto::v1::admin_service_client::AdminServiceClient<Channel> {
+        tps_proto::v1::admin_service_client::AdminServiceClient::new(self.gateway.channel().await)
     }
 
     pub async fn signals(
@@ -413,26 +520,35 @@ where
     }
 }
 
+/// How long [`wait_terminal`] waits for one signal.
+pub const TERMINAL_DEADLINE: Duration = Duration::from_secs(60);
+
 /// Follows a signal with SignalService.Watch until it is terminal; returns
-/// the final status.
+/// the final status (panics after [`TERMINAL_DEADLINE`]).
 pub async fn wait_terminal(
     client: &mut tps_proto::v1::signal_service_client::SignalServiceClient<Channel>,
     id: &str,
 ) -> tps_proto::v1::SignalStatus {
-    let mut updates = client
-        .watch(tps_proto::v1::WatchRequest { id: id.to_owned() })
-        .await
-        .unwrap_or_else(|e| panic!("watch {id}: {e}"))
-        .into_inner();
-    let mut last = None;
-    while let Some(update) = updates.next().await {
-        let status = update.unwrap_or_else(|e| panic!("watch {id}: {e}"));
-        let terminal = tps_domain::is_terminal(status.state());
-        last = Some(status);
-        if terminal {
-            break;
+    let follow = async {
+        let mut updates = client
+            .watch(tps_proto::v1::WatchRequest { id: id.to_owned() })
+            .await
+            .unwrap_or_else(|e| panic!("watch {id}: {e}"))
+            .into_inner();
+        let mut last = None;
+        while let Some(update) = updates.next().await {
+            let status = update.unwrap_or_else(|e| panic!("watch {id}: {e}"));
+            let terminal = tps_domain::is_terminal(status.state());
+            last = Some(status);
+            if terminal {
+                break;
+            }
         }
-    }
+        last
+    };
+    let last = tokio::time::timeout(TERMINAL_DEADLINE, follow)
+        .await
+        .unwrap_or_else(|_| panic!("signal {id} not terminal within {TERMINAL_DEADLINE:?}"));
     let last = last.unwrap_or_else(|| panic!("watch {id} ended without an update"));
     assert!(
         tps_domain::is_terminal(last.state()),

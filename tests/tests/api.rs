@@ -312,47 +312,6 @@ async fn a_signal_whose_deadline_passes_in_the_queue_expires() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_queue_refuses_with_queue_full_instead_of_dropping() {
-    // Buffer 2 per pool: the work stream holds 4 items. One slow handler
-    // holds the first (unacked items still count), three wait, the fifth is refused.
-    let stack = Stack::start_with(StackOptions {
-        env: vec![("TPS_KANBAN_BUFFER", "2".to_owned())],
-        slow_env: vec![("TPS_NUM_WORKERS", "1".to_owned())],
-    })
-    .await;
-    let mut client = stack.signals().await;
-    let long = SubmitRequest {
-        r#type: SignalType::Execute as i32,
-        payload: to_struct(&json!({"duration_ms": 3000})),
-        ..Default::default()
-    };
-    for _ in 0..4 {
-        client
-            .submit(long.clone())
-            .await
-            .expect("room in the queue");
-    }
-    let err = client.submit(long.clone()).await.expect_err("queue full");
-    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-    assert_eq!(err.get_details_error_info().unwrap().reason, "QUEUE_FULL");
-    assert!(
-        err.get_details_retry_info().is_some(),
-        "RetryInfo tells when to come back"
-    );
-
-    let r = reqwest::Client::new()
-        .post(format!("{}/signal", stack.http()))
-        .json(&json!({"signal_type": "execute", "payload": {"duration_ms": 1}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 429);
-    assert!(r.headers().contains_key("retry-after"));
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["reason"], "QUEUE_FULL");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_ends_right_after_the_terminal_state() {
     let stack = Stack::start().await;
     let mut client = stack.signals().await;

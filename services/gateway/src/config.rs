@@ -2,13 +2,14 @@
 
 use std::net::SocketAddr;
 
-use tps_runtime::config::{BreakerConfig, CommonConfig, KanbanConfig, andon_history, redact_url};
+use tps_runtime::config::{CommonConfig, KanbanConfig, andon_history, redact_url};
 use tps_runtime::{ConfigError, Env};
 
 #[derive(Debug, Clone)]
 pub struct Config {
     pub common: CommonConfig,
-    pub breaker: BreakerConfig,
+    /// The publish path's breaker (`TPS_CB_*`).
+    pub breaker: tps_jidoka::BreakerConfig,
     pub kanban: KanbanConfig,
     pub andon_history: usize,
     /// `TPS_GRPC_ADDR`, default `0.0.0.0:50051`.
@@ -23,7 +24,7 @@ impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
             common: CommonConfig::from_env(env)?,
-            breaker: BreakerConfig::from_env(env)?,
+            breaker: tps_runtime::config::breaker(env)?,
             kanban: KanbanConfig::from_env(env)?,
             andon_history: andon_history(env)?,
             grpc_addr: env.addr("TPS_GRPC_ADDR", "0.0.0.0:50051")?,
@@ -38,8 +39,18 @@ impl Config {
             "num_workers": self.kanban.num_workers,
             "kanban_buffer": self.kanban.buffer,
             "heijunka_pool": self.kanban.heijunka_pool,
-            "cb_threshold": self.breaker.threshold,
-            "cb_timeout_secs": self.breaker.timeout.as_secs_f64(),
+            "cb_threshold": self.breaker.min_calls,
+            "cb_window": self.breaker.window,
+            "cb_failure_rate": self.breaker.failure_rate,
+            "cb_slow_call_secs": self.breaker.slow_call.as_secs_f64(),
+            "cb_slow_call_rate": self.breaker.slow_call_rate,
+            "cb_half_open_calls": self.breaker.half_open_calls,
+            "cb_timeout_secs": self.breaker.open_for.as_secs_f64(),
+            "max_deliver": self.kanban.max_deliver,
+            "ack_wait_secs": self.kanban.ack_wait.as_secs_f64(),
+            "retry_backoff_secs": self.kanban.retry_backoff.as_secs_f64(),
+            "publish_timeout_secs": self.common.publish_timeout.as_secs_f64(),
+            "admin": if self.common.admin_token.is_some() { "enabled" } else { "disabled" },
             "andon_history": self.andon_history,
             "nats_url": redact_url(&self.common.nats_url),
             "rabbitmq_url": redact_url(&self.common.rabbitmq_url),

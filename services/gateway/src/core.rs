@@ -9,6 +9,9 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::{Stream, StreamExt};
 use prost_types::Timestamp;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower::ServiceExt as _;
+use tower::util::BoxCloneSyncService;
 use tps_domain::{is_terminal, names, routing, validate};
 use tps_proto::v1::{
     Pool, Signal, SignalState, SignalStatus, SubmitRequest, SubmitResponse, WorkItem,
@@ -20,12 +23,51 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
+/// The most dead letters one Replay call handles.
+const REPLAY_LIMIT: usize = 10_000;
+
 /// Idempotency keys map to ids in this UUID v5 namespace.
 const IDEMPOTENCY_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x6f1d_5c3e_8a7b_4e2f_9c10_2b3a_4d5e_6f70);
 
+/// What the publish path takes: a work item and its trace context.
+pub type PublishRequest = (WorkItem, HashMap<String, String>);
+
+/// The publish path as a tower service: the breaker around the broker
+/// (see [`publisher`]). Answers whether the broker saw a duplicate.
+pub type Publisher =
+    BoxCloneSyncService<PublishRequest, bool, tps_jidoka::BreakerError<tps_queue::QueueError>>;
+
+/// Builds the publish path. Layer order, outside in:
+/// 1. Jidoka breaker: refuses at once (CIRCUIT_OPEN) while the broker keeps
+///    failing, instead of making every caller wait for a publish timeout;
+///    a full queue is a refusal, not a defect, so it does not count.
+/// 2. the JetStream publish, which waits for the broker's ack
+///    (`TPS_PUBLISH_TIMEOUT`).
+pub fn publisher(queue: Queue, breaker: tps_jidoka::Breaker) -> Publisher {
+    BoxCloneSyncService::new(
+        ServiceBuilder::new()
+            .layer(tps_jidoka::BreakerLayer::new(breaker).with_classifier(classify_publish))
+            .service_fn(move |(item, trace): PublishRequest| {
+                let queue = queue.clone();
+                async move { queue.publish_work(&item, &trace).await }
+            }),
+    )
+}
+
+fn classify_publish(result: &Result<bool, tps_queue::QueueError>) -> tps_jidoka::Outcome {
+    match result {
+        Ok(_) => tps_jidoka::Outcome::Success,
+        Err(tps_queue::QueueError::Full(_)) => tps_jidoka::Outcome::Ignored,
+        Err(_) => tps_jidoka::Outcome::Failure,
+    }
+}
+
 pub struct Core {
     pub queue: Queue,
+    pub publisher: Publisher,
+    pub breaker: tps_jidoka::Breaker,
+    pub admin: tps_runtime::admin::AdminToken,
     pub metrics: Metrics,
     pub config: Config,
     pub started: Instant,
@@ -122,7 +164,7 @@ impl Core {
             enqueued_at: Some(now()),
             trace_context: trace.clone(),
         };
-        let duplicate = self.queue.publish_work(&item, &trace).await?;
+        let duplicate = self.enqueue(item, trace.clone()).await?;
         if duplicate {
             // The same idempotency key raced in twice within the duplicate
             // window: the broker stored it once.
@@ -253,8 +295,7 @@ impl Core {
             trace_context: trace.clone(),
         };
         if let Err(e) = self
-            .queue
-            .publish_work(&item, &trace)
+            .enqueue(item.clone(), trace.clone())
             .instrument(span.clone())
             .await
         {
@@ -262,7 +303,7 @@ impl Core {
             if let Err(restore) = self.queue.put_status(&previous).await {
                 tracing::error!(signal_id = %id, error = %restore, "could not restore status after a failed retry");
             }
-            return Err(e.into());
+            return Err(e);
         }
         self.metrics
             .retried
@@ -295,8 +336,110 @@ impl Core {
         out
     }
 
+    /// Publishes through the breaker-guarded publish path.
+    pub async fn enqueue(
+        &self,
+        item: WorkItem,
+        trace: HashMap<String, String>,
+    ) -> Result<bool, ApiError> {
+        Ok(self.publisher.clone().oneshot((item, trace)).await?)
+    }
+
+    /// SERVING: connected to the broker, breaker not open, not stopping.
     pub fn healthy(&self) -> bool {
-        self.queue.connected() && !self.shutdown.is_cancelled()
+        self.queue.connected()
+            && self.breaker.state() != tps_jidoka::State::Open
+            && !self.shutdown.is_cancelled()
+    }
+
+    /// Dead letters of `pool` (or all pools), oldest first.
+    pub async fn dead_letters(
+        &self,
+        pool: Option<Pool>,
+        limit: usize,
+    ) -> Result<Vec<(u64, tps_proto::v1::DeadLetter)>, ApiError> {
+        let mut out = Vec::new();
+        for (seq, dead) in self.queue.dead_letters(pool, limit).await? {
+            let item = dead.item.clone().unwrap_or_default();
+            let signal = item.signal.clone().unwrap_or_default();
+            // The record in the bucket is the current truth; the dead
+            // letter's own copy stands in if the record has expired.
+            let status = match self.queue.status(&signal.id).await? {
+                Some(entry) => entry.status,
+                None => SignalStatus {
+                    signal: Some(signal),
+                    state: SignalState::DeadLettered as i32,
+                    attempt: item.attempt,
+                    message: dead.reason.clone(),
+                    worker_id: dead.worker_id.clone(),
+                    ..Default::default()
+                },
+            };
+            out.push((
+                seq,
+                tps_proto::v1::DeadLetter {
+                    status: Some(status),
+                    reason: dead.reason,
+                    deliveries: dead.deliveries,
+                    dead_lettered_at: dead.dead_lettered_at,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Puts dead letters (all of `pool`, or only `ids`) back on their work
+    /// queue as a new attempt with the same id; returns how many.
+    pub async fn replay(&self, pool: Option<Pool>, ids: &[String]) -> Result<u32, ApiError> {
+        let ids: Vec<String> = ids
+            .iter()
+            .map(|id| validate::signal_id("ids", id))
+            .collect::<Result<_, _>>()
+            .map_err(ApiError::Invalid)?;
+        let mut replayed = 0;
+        for (seq, dead) in self.dead_letters(pool, REPLAY_LIMIT).await? {
+            let Some(previous) = dead.status else {
+                continue;
+            };
+            let signal = previous.signal.clone().unwrap_or_default();
+            if !ids.is_empty() && !ids.contains(&signal.id) {
+                continue;
+            }
+            if previous.state() != SignalState::DeadLettered {
+                // Already replayed or retried: the dead letter is stale.
+                self.queue.delete_dead_letter(seq).await?;
+                continue;
+            }
+            let attempt = previous.attempt + 1;
+            let span = tracing::info_span!("replay", signal.id = %signal.id, attempt);
+            let trace = tps_runtime::propagation::inject(&span);
+            let queued = SignalStatus {
+                signal: Some(signal.clone()),
+                state: SignalState::Queued as i32,
+                attempt,
+                message: format!("replayed from the dead-letter queue as attempt {attempt}"),
+                trace_id: tps_runtime::telemetry::trace_id(&span),
+                updated_at: Some(now()),
+                ..Default::default()
+            };
+            self.queue.put_status(&queued).await?;
+            let item = WorkItem {
+                signal: Some(signal.clone()),
+                attempt,
+                enqueued_at: Some(now()),
+                trace_context: trace.clone(),
+            };
+            if let Err(e) = self.enqueue(item, trace).instrument(span.clone()).await {
+                let _ = self.queue.put_status(&previous).await;
+                return Err(e);
+            }
+            self.queue.delete_dead_letter(seq).await?;
+            span.in_scope(
+                || tracing::info!(signal_id = %signal.id, attempt, "dead letter replayed"),
+            );
+            replayed += 1;
+        }
+        Ok(replayed)
     }
 }
 

@@ -29,6 +29,8 @@ pub enum ApiError {
     QueueFull { pool: String },
     #[error("the queue is unavailable; the signal was not accepted")]
     QueueUnavailable,
+    #[error("circuit open: the gateway is refusing work until the broker recovers; retry in {}s", .retry_after.as_secs().max(1))]
+    CircuitOpen { retry_after: Duration },
     #[error("not implemented yet: {0}")]
     Unimplemented(&'static str),
     #[error("internal error")]
@@ -50,7 +52,7 @@ impl ApiError {
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::Conflict(_) => Code::Aborted,
             Self::QueueFull { .. } => Code::ResourceExhausted,
-            Self::QueueUnavailable => Code::Unavailable,
+            Self::QueueUnavailable | Self::CircuitOpen { .. } => Code::Unavailable,
             Self::Unimplemented(_) => Code::Unimplemented,
             Self::Internal => Code::Internal,
         }
@@ -65,6 +67,7 @@ impl ApiError {
             Self::Conflict(_) => "CONFLICT",
             Self::QueueFull { .. } => "QUEUE_FULL",
             Self::QueueUnavailable => "QUEUE_UNAVAILABLE",
+            Self::CircuitOpen { .. } => "CIRCUIT_OPEN",
             Self::Unimplemented(_) => "UNIMPLEMENTED",
             Self::Internal => "INTERNAL",
         }
@@ -75,6 +78,7 @@ impl ApiError {
         match self {
             Self::QueueFull { .. } => Some(Duration::from_secs(1)),
             Self::QueueUnavailable => Some(Duration::from_secs(5)),
+            Self::CircuitOpen { retry_after } => Some(*retry_after),
             _ => None,
         }
     }
@@ -131,6 +135,17 @@ pub fn code_name(code: Code) -> &'static str {
         Code::Unavailable => "UNAVAILABLE",
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+impl From<tps_jidoka::BreakerError<QueueError>> for ApiError {
+    fn from(e: tps_jidoka::BreakerError<QueueError>) -> Self {
+        match e {
+            tps_jidoka::BreakerError::Open(r) => Self::CircuitOpen {
+                retry_after: r.retry_after,
+            },
+            tps_jidoka::BreakerError::Inner(e) => e.into(),
+        }
     }
 }
 

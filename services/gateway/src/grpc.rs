@@ -7,13 +7,15 @@ use std::pin::Pin;
 use futures::{Stream, StreamExt};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
+use tps_domain::validate::FieldViolation;
 use tps_proto::v1::admin_service_server::AdminService;
 use tps_proto::v1::signal_service_server::SignalService;
 use tps_proto::v1::{
-    CircuitRequest, CircuitResponse, GetRequest, InfoRequest, InfoResponse, ListDeadLettersRequest,
-    ListDeadLettersResponse, QueueStatus, Refusal, ReplayRequest, ReplayResponse, RetryRequest,
-    ShutdownRequest, ShutdownResponse, SignalStatus, StatusRequest, StatusResponse, SubmitRequest,
-    SubmitResponse, SubmitStreamResponse, WatchRequest, submit_stream_response,
+    CircuitRequest, CircuitResponse, CircuitState, GetRequest, InfoRequest, InfoResponse,
+    ListDeadLettersRequest, ListDeadLettersResponse, Pool, QueueStatus, Refusal, ReplayRequest,
+    ReplayResponse, RetryRequest, ShutdownRequest, ShutdownResponse, SignalStatus, StatusRequest,
+    StatusResponse, SubmitRequest, SubmitResponse, SubmitStreamResponse, WatchRequest,
+    circuit_request, submit_stream_response,
 };
 
 use crate::core::SharedCore;
@@ -114,22 +116,45 @@ impl SignalService for Signals {
 
     async fn list_dead_letters(
         &self,
-        _request: Request<ListDeadLettersRequest>,
+        request: Request<ListDeadLettersRequest>,
     ) -> Result<Response<ListDeadLettersResponse>, Status> {
-        Err(ApiError::Unimplemented(
-            "ListDeadLetters arrives with the dead-letter queue (Jidoka/Kanban/Heijunka issue)",
-        )
-        .into())
+        let req = request.into_inner();
+        let pool = pool_filter(req.pool)?;
+        let limit = match req.limit {
+            0 => DEFAULT_DEAD_LETTER_LIMIT,
+            n => (n as usize).min(MAX_DEAD_LETTER_LIMIT),
+        };
+        let dead_letters = self
+            .0
+            .dead_letters(pool, limit)
+            .await?
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect();
+        Ok(Response::new(ListDeadLettersResponse { dead_letters }))
     }
 
     async fn replay(
         &self,
-        _request: Request<ReplayRequest>,
+        request: Request<ReplayRequest>,
     ) -> Result<Response<ReplayResponse>, Status> {
-        Err(ApiError::Unimplemented(
-            "Replay arrives with the dead-letter queue (Jidoka/Kanban/Heijunka issue)",
-        )
-        .into())
+        self.0.admin.check(request.metadata(), "Replay")?;
+        let req = request.into_inner();
+        let replayed = self.0.replay(pool_filter(req.pool)?, &req.ids).await?;
+        Ok(Response::new(ReplayResponse { replayed }))
+    }
+}
+
+const DEFAULT_DEAD_LETTER_LIMIT: usize = 100;
+const MAX_DEAD_LETTER_LIMIT: usize = 1000;
+
+fn pool_filter(pool: i32) -> Result<Option<Pool>, Status> {
+    match Pool::try_from(pool) {
+        Ok(Pool::Unspecified) => Ok(None),
+        Ok(p) => Ok(Some(p)),
+        Err(_) => {
+            Err(ApiError::Invalid(vec![FieldViolation::new("pool", "must be fast or slow")]).into())
+        }
     }
 }
 
@@ -155,24 +180,68 @@ impl AdminService for Admin {
         Ok(Response::new(status(&self.0).await))
     }
 
+    /// Reads the publish breaker (anyone), or forces it open / resets it (admin).
     async fn circuit(
         &self,
-        _request: Request<CircuitRequest>,
+        request: Request<CircuitRequest>,
     ) -> Result<Response<CircuitResponse>, Status> {
-        Err(ApiError::Unimplemented(
-            "the circuit breaker arrives with the Jidoka/Kanban/Heijunka issue",
-        )
-        .into())
+        let breaker = &self.0.breaker;
+        let name = request.get_ref().breaker.clone();
+        if !name.is_empty() && name != breaker.name() {
+            return Err(Status::not_found(format!(
+                "no breaker {name:?}; the gateway has {:?}",
+                breaker.name()
+            )));
+        }
+        match request.get_ref().action() {
+            circuit_request::Action::Unspecified | circuit_request::Action::Get => {}
+            circuit_request::Action::ForceOpen => {
+                self.0
+                    .admin
+                    .check(request.metadata(), "Circuit force-open")?;
+                breaker.force_open();
+            }
+            circuit_request::Action::Reset => {
+                self.0.admin.check(request.metadata(), "Circuit reset")?;
+                breaker.reset();
+            }
+        }
+        Ok(Response::new(circuit_response(breaker)))
     }
 
+    /// Graceful shutdown, as on SIGTERM (admin).
     async fn shutdown(
         &self,
-        _request: Request<ShutdownRequest>,
+        request: Request<ShutdownRequest>,
     ) -> Result<Response<ShutdownResponse>, Status> {
-        Err(ApiError::Unimplemented(
-            "remote shutdown needs the admin token (bad input and security issue); use SIGTERM",
-        )
-        .into())
+        self.0.admin.check(request.metadata(), "Shutdown")?;
+        tracing::warn!("shutdown requested over AdminService");
+        self.0.shutdown.cancel();
+        Ok(Response::new(ShutdownResponse { accepted: true }))
+    }
+}
+
+pub fn circuit_state(state: tps_jidoka::State) -> CircuitState {
+    match state {
+        tps_jidoka::State::Closed => CircuitState::Closed,
+        tps_jidoka::State::Open => CircuitState::Open,
+        tps_jidoka::State::HalfOpen => CircuitState::HalfOpen,
+    }
+}
+
+/// The breaker as AdminService.Circuit (and /health) report it.
+pub fn circuit_response(breaker: &tps_jidoka::Breaker) -> CircuitResponse {
+    let s = breaker.snapshot();
+    CircuitResponse {
+        breaker: breaker.name().to_owned(),
+        state: circuit_state(s.state) as i32,
+        failure_rate: s.failure_rate,
+        slow_call_rate: s.slow_call_rate,
+        calls_in_window: s.calls_in_window,
+        retry_after: s
+            .retry_after
+            .and_then(|d| prost_types::Duration::try_from(d).ok()),
+        forced: s.forced,
     }
 }
 
@@ -214,9 +283,7 @@ pub async fn status(core: &SharedCore) -> StatusResponse {
     StatusResponse {
         status: status.to_owned(),
         healthy,
-        // No breaker exists yet: the state is left unspecified rather than
-        // claiming CLOSED.
-        circuit_state: 0,
+        circuit_state: circuit_state(core.breaker.state()) as i32,
         queues,
         accepted_total: core.metrics.accepted_total(),
         refused_total: core.metrics.refused_total(),

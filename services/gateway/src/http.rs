@@ -181,9 +181,12 @@ fn now() -> String {
 
 fn health_view(core: &SharedCore) -> Value {
     let healthy = core.healthy();
+    let breaker = core.breaker.snapshot();
     json!({
         "healthy": healthy,
         "status": if healthy { "serving" } else { "not_serving" },
+        "circuit_state": breaker.state.as_str(),
+        "circuit_failure_rate": breaker.failure_rate,
         "nats": if core.queue.connected() { "connected" } else { "disconnected" },
         "timestamp": now(),
     })

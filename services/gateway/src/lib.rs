@@ -33,7 +33,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     ))
     .await?;
 
+    let breaker = tps_runtime::jidoka::instrumented_breaker(
+        "gateway-publish",
+        config.breaker.clone(),
+        &metrics.registry,
+    )
+    .map_err(|e| StartError::Broker(e.to_string()))?;
     let core = Arc::new(core::Core {
+        publisher: core::publisher(queue.clone(), breaker.clone()),
+        breaker,
+        admin: tps_runtime::admin::AdminToken::new(config.common.admin_token.clone()),
         queue,
         metrics: metrics.clone(),
         config: config.clone(),
@@ -96,9 +105,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
 async fn watch_health(core: core::SharedCore, health: tonic_health::server::HealthReporter) {
     let mut last = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut breaker = core.breaker.subscribe();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = breaker.changed() => {}
             _ = core.shutdown.cancelled() => {}
         }
         let serving = core.healthy();

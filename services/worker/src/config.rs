@@ -5,14 +5,15 @@ use std::time::Duration;
 
 use tps_domain::names;
 use tps_proto::v1::Pool;
-use tps_runtime::config::{BreakerConfig, CommonConfig, KanbanConfig};
+use tps_runtime::config::{CommonConfig, KanbanConfig};
 use tps_runtime::{ConfigError, Env};
 
 #[derive(Debug, Clone)]
 pub struct Config {
     pub common: CommonConfig,
     pub pool: Pool,
-    pub breaker: BreakerConfig,
+    /// The downstream call's breaker (`TPS_CB_*`).
+    pub breaker: tps_jidoka::BreakerConfig,
     pub kanban: KanbanConfig,
     /// `TPS_GRPC_ADDR`, default `0.0.0.0:50052` (PoolService).
     pub grpc_addr: SocketAddr,
@@ -37,7 +38,7 @@ impl Config {
         Ok(Self {
             common: CommonConfig::from_env(env)?,
             pool,
-            breaker: BreakerConfig::from_env(env)?,
+            breaker: tps_runtime::config::breaker(env)?,
             kanban: KanbanConfig::from_env(env)?,
             grpc_addr: env.addr("TPS_GRPC_ADDR", "0.0.0.0:50052")?,
             metrics_addr: env.addr("TPS_METRICS_ADDR", "0.0.0.0:9090")?,

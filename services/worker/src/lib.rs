@@ -1,32 +1,37 @@
-//! A worker-pool replica. Kanban: it pulls only as many work items as it has
-//! free handlers (a semaphore of `TPS_NUM_WORKERS` permits), processes each,
-//! publishes the result, records the status, and acks only after the result
-//! is durable. On shutdown it stops pulling, finishes what it holds, and
-//! exits; anything it pulled but had not started is handed back (nak).
+//! A worker-pool replica.
+//!
+//! Kanban: it pulls only as many work items as it has free handlers (a
+//! semaphore of `TPS_NUM_WORKERS` permits), always from the most urgent
+//! priority first (one consumer per priority). Jidoka: its downstream call
+//! (the work itself, which fault injection can slow or fail) is guarded by a
+//! circuit breaker; while the breaker is open the replica stops its line: it
+//! pulls nothing, and the items stay safely in the stream for healthy
+//! replicas. Operators can pause, resume and drain the line and inject faults
+//! (PoolService, admin token). On shutdown it stops pulling, finishes what it
+//! holds, and exits.
 
 pub mod config;
 pub mod grpc;
 pub mod metrics;
 mod process;
+mod pull;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic_health::ServingStatus;
-use tps_proto::v1::Pool;
+use tps_jidoka::{Breaker, State};
 use tps_proto::v1::pool_service_server::PoolServiceServer;
+use tps_proto::v1::{Fault, LineState, Pool};
 use tps_queue::{ConnectOptions, Queue};
+use tps_runtime::admin::AdminToken;
 use tps_runtime::{StartError, grpc as rpc};
 
 pub use config::Config;
-
-/// How long one pull request waits for work before the loop looks again.
-const PULL_EXPIRES: Duration = Duration::from_millis(1000);
 
 /// Counters PoolService.Get reports.
 #[derive(Default)]
@@ -35,6 +40,17 @@ pub struct Counters {
     pub succeeded: AtomicU64,
     pub failed: AtomicU64,
     pub expired: AtomicU64,
+    pub dead_lettered: AtomicU64,
+}
+
+/// What an operator asked the line to do. (STOPPED is not here: it is the
+/// breaker's doing, derived from its state.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Line {
+    Running,
+    Paused,
+    Draining,
+    Drained,
 }
 
 pub struct Worker {
@@ -44,6 +60,11 @@ pub struct Worker {
     pub counters: Counters,
     pub permits: Arc<Semaphore>,
     pub shutdown: CancellationToken,
+    /// Jidoka: guards the downstream call.
+    pub breaker: Breaker,
+    pub line: watch::Sender<Line>,
+    pub fault: Mutex<Fault>,
+    pub admin: AdminToken,
 }
 
 impl Worker {
@@ -63,6 +84,37 @@ impl Worker {
     pub fn count(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
+
+    pub fn fault(&self) -> Fault {
+        self.fault.lock().map(|f| *f).unwrap_or_default()
+    }
+
+    /// The line as operators see it: STOPPED while the breaker is open.
+    pub fn line_state(&self) -> LineState {
+        if self.shutdown.is_cancelled() {
+            return LineState::Draining;
+        }
+        match *self.line.borrow() {
+            Line::Paused => LineState::Paused,
+            Line::Draining => LineState::Draining,
+            Line::Drained => LineState::Drained,
+            Line::Running if self.breaker.state() == State::Open => LineState::Stopped,
+            Line::Running => LineState::Running,
+        }
+    }
+
+    /// Waits until no handler is busy, or `timeout`. True when idle.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        let all = self.capacity();
+        tokio::time::timeout(timeout, async {
+            // Taking every permit means every handler has finished.
+            if let Ok(p) = self.permits.acquire_many(all).await {
+                drop(p);
+            }
+        })
+        .await
+        .is_ok()
+    }
 }
 
 /// Runs the replica until `shutdown` is cancelled.
@@ -80,14 +132,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         .capacity
         .with_label_values(&[pool_name])
         .set(i64::from(config.kanban.num_workers));
+    let breaker = tps_runtime::jidoka::instrumented_breaker(
+        &format!("worker-{pool_name}-downstream"),
+        config.breaker.clone(),
+        &metrics.registry,
+    )
+    .map_err(|e| StartError::Broker(e.to_string()))?;
 
     let worker = Arc::new(Worker {
         permits: Arc::new(Semaphore::new(config.kanban.num_workers as usize)),
+        admin: AdminToken::new(config.common.admin_token.clone()),
         config: config.clone(),
         queue,
         metrics: metrics.clone(),
         counters: Counters::default(),
         shutdown: shutdown.clone(),
+        breaker,
+        line: watch::channel(Line::Running).0,
+        fault: Mutex::new(Fault::default()),
     });
 
     let standard = rpc::standard_services(&["tps.v1.PoolService"])?;
@@ -110,12 +172,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         &[("grpc", grpc_addr), ("metrics", metrics_addr)],
     )?;
 
-    for service in ["", "tps.v1.PoolService"] {
-        standard
-            .health
-            .set_service_status(service, ServingStatus::Serving)
-            .await;
-    }
+    let health = tokio::spawn(watch_health(worker.clone(), standard.health.clone()));
     tracing::info!(
         pool = pool_name,
         capacity = config.kanban.num_workers,
@@ -123,8 +180,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     );
 
     let tracker = TaskTracker::new();
-    let pulled = pull_loop(worker.clone(), &tracker).await;
+    let pulled = pull::run(worker.clone(), &tracker).await;
 
+    health.abort();
     for service in ["", "tps.v1.PoolService"] {
         standard
             .health
@@ -155,77 +213,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     pulled
 }
 
-/// Pulls work while there is capacity, until shutdown.
-async fn pull_loop(worker: Arc<Worker>, tracker: &TaskTracker) -> Result<(), StartError> {
-    let consumer = worker.queue.work_consumer(worker.pool()).await?;
-    let mut backoff = Duration::from_millis(100);
-    while !worker.shutdown.is_cancelled() {
-        // Kanban: wait for a free handler before asking for work at all.
-        let first = tokio::select! {
-            p = worker.permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = worker.shutdown.cancelled() => break,
-        };
-        let free = 1 + worker.permits.available_permits();
-        let batch = consumer
-            .batch()
-            .max_messages(free)
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await;
-        let mut batch = match batch {
-            Ok(b) => {
-                backoff = Duration::from_millis(100);
-                b
-            }
-            Err(e) => {
-                drop(first);
-                tracing::warn!(error = %e, "pull failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = worker.shutdown.cancelled() => break,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        let mut first = Some(first);
-        while let Some(message) = batch.next().await {
-            let message = match message {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::debug!(error = %e, "pull batch ended with an error");
-                    break;
-                }
+/// grpc health follows the line: SERVING while it runs, NOT_SERVING while
+/// the breaker has stopped it, an operator paused or drained it, or the
+/// broker connection is down.
+async fn watch_health(worker: Arc<Worker>, health: tonic_health::server::HealthReporter) {
+    let mut breaker = worker.breaker.subscribe();
+    let mut line = worker.line.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last = None;
+    loop {
+        let serving = worker.line_state() == LineState::Running && worker.queue.connected();
+        if last != Some(serving) {
+            let status = if serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
             };
-            if worker.shutdown.is_cancelled() {
-                // Pulled but not started: hand it straight back.
-                let _ = message
-                    .ack_with(async_nats::jetstream::AckKind::Nak(None))
-                    .await;
-                continue;
+            for service in ["", "tps.v1.PoolService"] {
+                health.set_service_status(service, status).await;
             }
-            let permit = match first.take() {
-                Some(p) => p,
-                None => match worker.permits.clone().try_acquire_owned() {
-                    Ok(p) => p,
-                    // Cannot happen: we asked for no more than we had free.
-                    Err(_) => worker
-                        .permits
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .map_err(|e| StartError::Broker(e.to_string()))?,
-                },
-            };
-            let w = worker.clone();
-            tracker.spawn(async move {
-                process::handle(&w, message).await;
-                drop(permit);
-            });
+            tracing::info!(serving, line = ?worker.line_state(), "health changed");
+            last = Some(serving);
+        }
+        tokio::select! {
+            _ = breaker.changed() => {}
+            _ = line.changed() => {}
+            _ = tick.tick() => {}
         }
     }
-    Ok(())
 }

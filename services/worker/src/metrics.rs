@@ -19,6 +19,16 @@ pub struct Metrics {
     pub redeliveries: IntCounterVec,
     /// `tps_worker_poison_total{pool}`: messages that could not be decoded.
     pub poison: IntCounterVec,
+    /// `tps_worker_acks_total{pool,kind}`: ack, nak, term, progress.
+    pub acks: IntCounterVec,
+    /// `tps_worker_retries_total{pool}`: failed deliveries sent back with a backoff.
+    pub retries: IntCounterVec,
+    /// `tps_worker_dead_lettered_total{pool}`.
+    pub dead_lettered: IntCounterVec,
+    /// `tps_worker_fault_latency_seconds{pool}` / `tps_worker_fault_error_rate{pool}`:
+    /// the injected fault (0 when none).
+    pub fault_latency: prometheus::GaugeVec,
+    pub fault_error_rate: prometheus::GaugeVec,
 }
 
 const BUCKETS: [f64; 14] = [
@@ -67,6 +77,43 @@ impl Metrics {
             ),
             &["pool"],
         )?;
+        let acks = IntCounterVec::new(
+            Opts::new("tps_worker_acks_total", "Acknowledgements sent, by kind"),
+            &["pool", "kind"],
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "tps_worker_retries_total",
+                "Failed deliveries sent back for a retry",
+            ),
+            &["pool"],
+        )?;
+        let dead_lettered = IntCounterVec::new(
+            Opts::new(
+                "tps_worker_dead_lettered_total",
+                "Items moved to the dead-letter queue",
+            ),
+            &["pool"],
+        )?;
+        let fault_latency = prometheus::GaugeVec::new(
+            Opts::new(
+                "tps_worker_fault_latency_seconds",
+                "Injected downstream latency",
+            ),
+            &["pool"],
+        )?;
+        let fault_error_rate = prometheus::GaugeVec::new(
+            Opts::new(
+                "tps_worker_fault_error_rate",
+                "Injected downstream error rate",
+            ),
+            &["pool"],
+        )?;
+        registry.register(Box::new(acks.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(dead_lettered.clone()))?;
+        registry.register(Box::new(fault_latency.clone()))?;
+        registry.register(Box::new(fault_error_rate.clone()))?;
         registry.register(Box::new(processed.clone()))?;
         registry.register(Box::new(busy.clone()))?;
         registry.register(Box::new(capacity.clone()))?;
@@ -83,6 +130,11 @@ impl Metrics {
             queue_wait,
             redeliveries,
             poison,
+            acks,
+            retries,
+            dead_lettered,
+            fault_latency,
+            fault_error_rate,
         })
     }
 }

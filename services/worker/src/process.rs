@@ -1,21 +1,27 @@
-//! Processing one work item: idempotency check, RUNNING, the work itself,
-//! the result (durable first), the status, and only then the ack.
+//! Processing one work item: idempotency check, RUNNING, the deadline, the
+//! downstream call through the breaker (with in-progress acks while it
+//! runs), then either the result (durable first), the status and the ack, or
+//! for a failed call a delayed redelivery, and after `TPS_MAX_DELIVER`
+//! deliveries the dead-letter queue.
 
-use std::time::{Instant, SystemTime};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::{AckKind, Message};
 use prost::Message as _;
 use prost_types::Timestamp;
-use std::sync::atomic::Ordering;
 use tps_domain::work::{self, Outcome};
 use tps_domain::{is_terminal, names};
-use tps_proto::v1::{SignalState, SignalStatus, SignalType, WorkItem, WorkResult};
+use tps_jidoka::Outcome as CallOutcome;
+use tps_proto::v1::{
+    DeadLetterItem, Signal, SignalState, SignalStatus, SignalType, WorkItem, WorkResult,
+};
 use tracing::Instrument;
 
 use crate::Worker;
 
-/// How long a failed result publish waits before the broker redelivers.
-const RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a failed publish waits before the broker redelivers.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
 
 fn now() -> Timestamp {
     Timestamp::from(SystemTime::now())
@@ -30,6 +36,33 @@ fn elapsed_since(t: &Option<Timestamp>) -> Option<f64> {
         .map(|d| d.as_secs_f64())
 }
 
+/// Why the downstream call did not produce an outcome.
+#[derive(Debug)]
+enum CallError {
+    /// The breaker refused the call (it opened after this item was pulled).
+    Open(Duration),
+    /// The downstream failed (an injected fault, here).
+    Failed(String),
+}
+
+async fn ack(worker: &Worker, message: &Message, kind: AckKind) {
+    let label = match kind {
+        AckKind::Ack => "ack",
+        AckKind::Nak(_) => "nak",
+        AckKind::Term => "term",
+        AckKind::Progress => "progress",
+        AckKind::Next => "next",
+    };
+    worker
+        .metrics
+        .acks
+        .with_label_values(&[names::pool(worker.pool()), label])
+        .inc();
+    if let Err(e) = message.ack_with(kind).await {
+        tracing::warn!(error = %e, kind = label, "ack failed; the broker will redeliver (a redelivery of finished work is a no-op)");
+    }
+}
+
 pub async fn handle(worker: &Worker, message: Message) {
     let pool = names::pool(worker.pool());
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1).max(1) as u32;
@@ -41,7 +74,7 @@ pub async fn handle(worker: &Worker, message: Message) {
                 .map_or("no signal".to_owned(), |e| e.to_string());
             tracing::warn!(subject = %message.subject, %reason, "undecodable work item; terminated");
             worker.metrics.poison.with_label_values(&[pool]).inc();
-            let _ = message.ack_with(AckKind::Term).await;
+            ack(worker, &message, AckKind::Term).await;
             return;
         }
     };
@@ -51,6 +84,7 @@ pub async fn handle(worker: &Worker, message: Message) {
         signal.id = %signal.id,
         signal.r#type = names::signal_type(signal.r#type()),
         pool,
+        priority = signal.priority,
         attempt = item.attempt,
         delivered,
         trace_id = tracing::field::Empty,
@@ -66,7 +100,6 @@ async fn process(worker: &Worker, message: &Message, item: WorkItem, delivered: 
     let pulled = Instant::now();
     let pool = names::pool(worker.pool());
     let signal = item.signal.clone().unwrap_or_default();
-    let type_name = names::signal_type(signal.r#type());
     if delivered > 1 {
         worker.metrics.redeliveries.with_label_values(&[pool]).inc();
     }
@@ -77,16 +110,16 @@ async fn process(worker: &Worker, message: &Message, item: WorkItem, delivered: 
         Ok(e) => e.map(|e| e.status),
         Err(e) => {
             tracing::warn!(error = %e, "status unreadable; will retry");
-            let _ = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
+            ack(worker, message, AckKind::Nak(Some(RETRY_DELAY))).await;
             return;
         }
     };
     if let Some(s) = &existing
-        && s.attempt == item.attempt
+        && s.attempt >= item.attempt
         && is_terminal(s.state())
     {
         tracing::info!("already done; acking the redelivery");
-        let _ = message.ack().await;
+        ack(worker, message, AckKind::Ack).await;
         return;
     }
     worker
@@ -105,7 +138,10 @@ async fn process(worker: &Worker, message: &Message, item: WorkItem, delivered: 
         signal: Some(signal.clone()),
         state: SignalState::Running as i32,
         attempt: item.attempt,
-        message: format!("running on {}", worker.config.common.instance_id),
+        message: format!(
+            "running on {} (delivery {delivered})",
+            worker.config.common.instance_id
+        ),
         worker_id: worker.config.common.instance_id.clone(),
         trace_id,
         updated_at: Some(started_at),
@@ -116,7 +152,75 @@ async fn process(worker: &Worker, message: &Message, item: WorkItem, delivered: 
         tracing::warn!(error = %e, "could not record RUNNING; continuing");
     }
 
-    let outcome = run_work(worker, &signal).await;
+    let outcome = if deadline_passed(&signal) {
+        Outcome {
+            state: SignalState::Expired,
+            message: "deadline passed before a worker could start it".to_owned(),
+            output: None,
+        }
+    } else {
+        match call_downstream(worker, message, &signal).await {
+            Ok(outcome) => outcome,
+            Err(CallError::Open(retry_after)) => {
+                // Not this item's fault: put it back for later or for a
+                // healthy replica.
+                status.state = SignalState::Queued as i32;
+                status.message =
+                    "handed back: this replica's line is stopped (breaker open)".into();
+                status.updated_at = Some(now());
+                let _ = worker.queue.put_status(&status).await;
+                ack(worker, message, AckKind::Nak(Some(retry_after))).await;
+                return;
+            }
+            Err(CallError::Failed(reason)) => {
+                if delivered >= worker.config.kanban.max_deliver {
+                    dead_letter(worker, message, &item, status, delivered, &reason).await;
+                } else {
+                    let delay = worker.config.kanban.backoff(delivered);
+                    tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "work failed; will be redelivered");
+                    worker.metrics.retries.with_label_values(&[pool]).inc();
+                    status.state = SignalState::Queued as i32;
+                    status.message = format!(
+                        "delivery {delivered} of {} failed: {reason}; retrying in {delay:?}",
+                        worker.config.kanban.max_deliver
+                    );
+                    status.updated_at = Some(now());
+                    let _ = worker.queue.put_status(&status).await;
+                    ack(worker, message, AckKind::Nak(Some(delay))).await;
+                }
+                return;
+            }
+        }
+    };
+    finish(
+        worker, message, &item, status, outcome, delivered, started_at, pulled,
+    )
+    .await;
+}
+
+fn deadline_passed(signal: &Signal) -> bool {
+    signal
+        .deadline
+        .as_ref()
+        .and_then(|d| SystemTime::try_from(*d).ok())
+        .is_some_and(|d| SystemTime::now() > d)
+}
+
+/// Durable result first, then the status, then the ack: a crash anywhere in
+/// between leads to a redelivery, never to a lost signal.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    worker: &Worker,
+    message: &Message,
+    item: &WorkItem,
+    mut status: SignalStatus,
+    outcome: Outcome,
+    delivered: u32,
+    started_at: Timestamp,
+    pulled: Instant,
+) {
+    let pool = names::pool(worker.pool());
+    let signal = item.signal.clone().unwrap_or_default();
     let finished_at = now();
     let result = WorkResult {
         signal_id: signal.id.clone(),
@@ -135,15 +239,13 @@ async fn process(worker: &Worker, message: &Message, item: WorkItem, delivered: 
         finished_at: Some(finished_at),
         trace_context: tps_runtime::propagation::inject(&tracing::Span::current()),
     };
-    // Durable result first, then the status, then the ack: a crash anywhere
-    // in between leads to a redelivery, never to a lost signal.
     if let Err(e) = worker
         .queue
         .publish_result(&result, &result.trace_context)
         .await
     {
         tracing::warn!(error = %e, "result not stored; the item will be redelivered");
-        let _ = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
+        ack(worker, message, AckKind::Nak(Some(RETRY_DELAY))).await;
         return;
     }
     status.state = outcome.state as i32;
@@ -153,13 +255,12 @@ async fn process(worker: &Worker, message: &Message, item: WorkItem, delivered: 
     status.finished_at = Some(finished_at);
     if let Err(e) = worker.queue.put_status(&status).await {
         tracing::warn!(error = %e, "status not stored; the item will be redelivered");
-        let _ = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
+        ack(worker, message, AckKind::Nak(Some(RETRY_DELAY))).await;
         return;
     }
-    if let Err(e) = message.ack().await {
-        tracing::warn!(error = %e, "ack failed; the broker will redeliver (and the redelivery is a no-op)");
-    }
+    ack(worker, message, AckKind::Ack).await;
 
+    let type_name = names::signal_type(signal.r#type());
     let outcome_name = names::state(outcome.state);
     worker
         .metrics
@@ -176,37 +277,113 @@ async fn process(worker: &Worker, message: &Message, item: WorkItem, delivered: 
     match outcome.state {
         SignalState::Succeeded => c.succeeded.fetch_add(1, Ordering::Relaxed),
         SignalState::Expired => c.expired.fetch_add(1, Ordering::Relaxed),
+        SignalState::DeadLettered => c.dead_lettered.fetch_add(1, Ordering::Relaxed),
         _ => c.failed.fetch_add(1, Ordering::Relaxed),
     };
     tracing::info!(outcome = outcome_name, "processed");
 }
 
-/// The work itself, by signal type; an item past its deadline is not started.
-async fn run_work(worker: &Worker, signal: &tps_proto::v1::Signal) -> Outcome {
-    let expired = signal
-        .deadline
-        .as_ref()
-        .and_then(|d| SystemTime::try_from(*d).ok())
-        .is_some_and(|d| SystemTime::now() > d);
-    if expired {
-        return Outcome {
-            state: SignalState::Expired,
-            message: "deadline passed before a worker could start it".to_owned(),
-            output: None,
-        };
+/// The last delivery failed too: keep the item in TPS_DLQ for an operator,
+/// then record the signal as DEAD_LETTERED like any other result.
+async fn dead_letter(
+    worker: &Worker,
+    message: &Message,
+    item: &WorkItem,
+    status: SignalStatus,
+    delivered: u32,
+    reason: &str,
+) {
+    let dead = DeadLetterItem {
+        item: Some(item.clone()),
+        reason: reason.to_owned(),
+        deliveries: delivered,
+        dead_lettered_at: Some(now()),
+        worker_id: worker.config.common.instance_id.clone(),
+    };
+    if let Err(e) = worker.queue.publish_dead_letter(&dead).await {
+        tracing::warn!(error = %e, "dead letter not stored; the item will be redelivered");
+        ack(worker, message, AckKind::Nak(Some(RETRY_DELAY))).await;
+        return;
     }
+    worker
+        .metrics
+        .dead_lettered
+        .with_label_values(&[names::pool(worker.pool())])
+        .inc();
+    tracing::error!(%reason, deliveries = delivered, "dead-lettered");
+    let outcome = Outcome {
+        state: SignalState::DeadLettered,
+        message: format!("dead-lettered after {delivered} deliveries: {reason}"),
+        output: None,
+    };
+    let started_at = status.started_at.unwrap_or_else(now);
+    finish(
+        worker,
+        message,
+        item,
+        status,
+        outcome,
+        delivered,
+        started_at,
+        Instant::now(),
+    )
+    .await;
+}
+
+/// The downstream call, guarded by the breaker. While it runs, the item is
+/// marked in progress so a long call keeps its message.
+async fn call_downstream(
+    worker: &Worker,
+    message: &Message,
+    signal: &Signal,
+) -> Result<Outcome, CallError> {
+    let permit = worker
+        .breaker
+        .try_acquire()
+        .map_err(|r| CallError::Open(r.retry_after.max(Duration::from_millis(100))))?;
     let _busy = BusyGuard::new(worker);
+    let began = Instant::now();
+    let keepalive = worker.config.kanban.ack_wait / 3;
+    let work = run_work(worker, signal);
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+    let (result, asked) = loop {
+        tokio::select! {
+            r = &mut work => break r,
+            _ = tick.tick() => ack(worker, message, AckKind::Progress).await,
+        }
+    };
+    // Slowness is judged on the time beyond the work the signal asked for,
+    // so a long EXECUTE is not a slow call but injected latency is.
+    let overrun = began.elapsed().saturating_sub(asked);
+    match &result {
+        Ok(_) => permit.record_with_elapsed(CallOutcome::Success, overrun),
+        Err(_) => permit.record_with_elapsed(CallOutcome::Failure, overrun),
+    }
+    result.map_err(CallError::Failed)
+}
+
+/// The work by signal type, with the injected fault applied. Returns the
+/// outcome and the duration the signal itself asked for.
+async fn run_work(worker: &Worker, signal: &Signal) -> (Result<Outcome, String>, Duration) {
+    let fault = worker.fault();
+    if fault.added_latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(fault.added_latency_ms.into())).await;
+    }
+    if fault.error_rate > 0.0 && rand::random::<f64>() < fault.error_rate {
+        return (Err("injected downstream fault".to_owned()), Duration::ZERO);
+    }
     let payload = signal.payload.as_ref();
     match signal.r#type() {
-        SignalType::Validate => work::validate(payload),
-        SignalType::Report => work::report(payload),
+        SignalType::Validate => (Ok(work::validate(payload)), Duration::ZERO),
+        SignalType::Report => (Ok(work::report(payload)), Duration::ZERO),
         SignalType::Execute => {
             let d = work::execute_duration(payload, worker.config.execute_default);
             let began = Instant::now();
             tokio::time::sleep(d).await;
-            work::executed(began.elapsed())
+            (Ok(work::executed(began.elapsed())), d)
         }
-        SignalType::Unspecified => Outcome::failed("signal has no type"),
+        SignalType::Unspecified => (Ok(Outcome::failed("signal has no type")), Duration::ZERO),
     }
 }
 

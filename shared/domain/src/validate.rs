@@ -14,6 +14,8 @@ pub const MAX_TIMEOUT_MS: u32 = 3_600_000;
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 /// Priority when the caller gives none.
 pub const DEFAULT_PRIORITY: u32 = 3;
+/// Every priority, most urgent first.
+pub const PRIORITIES: [u32; 4] = [1, 2, 3, 4];
 
 /// One bad field (`google.rpc.BadRequest.FieldViolation`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,10 +1,15 @@
 //! Stream, subject, consumer and bucket names, derived from a namespace.
+//!
+//! Each pool has its own work stream so that each has its own Kanban limit:
+//! a flood of slow work can fill the slow pool's queue but never the fast
+//! pool's. Each priority has its own consumer so a worker can always take
+//! priority 1 before priority 4.
 
 use tps_proto::v1::Pool;
 
 /// All names of one TPS stack on a broker. The empty namespace gives the
-/// documented names (`TPS_WORK`, `tps.work.fast.p1`, ...); a namespace `x`
-/// gives `TPS_WORK_x`, `tps-x.work.fast.p1`, ...
+/// documented names (`TPS_WORK_FAST`, `tps.work.fast.p1`, ...); a namespace
+/// `x` gives `TPS_WORK_FAST_x`, `tps-x.work.fast.p1`, ...
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Names {
     namespace: String,
@@ -33,8 +38,25 @@ impl Names {
         }
     }
 
-    pub fn work_stream(&self) -> String {
-        self.stream("TPS_WORK")
+    /// The work stream of a pool: `TPS_WORK_FAST` or `TPS_WORK_SLOW`.
+    pub fn work_stream(&self, pool: Pool) -> String {
+        let pool = tps_domain::names::pool(pool).to_ascii_uppercase();
+        self.stream(&format!("TPS_WORK_{pool}"))
+    }
+
+    /// The dead-letter stream: `TPS_DLQ`.
+    pub fn dlq_stream(&self) -> String {
+        self.stream("TPS_DLQ")
+    }
+
+    /// `tps.dlq.<pool>`.
+    pub fn dlq_subject(&self, pool: Pool) -> String {
+        format!("{}.dlq.{}", self.prefix(), tps_domain::names::pool(pool))
+    }
+
+    /// Every dead-letter subject: `tps.dlq.>`.
+    pub fn dlq_subjects(&self) -> String {
+        format!("{}.dlq.>", self.prefix())
     }
 
     pub fn results_stream(&self) -> String {
@@ -43,11 +65,6 @@ impl Names {
 
     pub fn status_bucket(&self) -> String {
         self.stream("TPS_STATUS")
-    }
-
-    /// Every work subject: `tps.work.>`.
-    pub fn work_subjects(&self) -> String {
-        format!("{}.work.>", self.prefix())
     }
 
     /// `tps.work.<pool>.p<priority>`.
@@ -59,7 +76,7 @@ impl Names {
         )
     }
 
-    /// `tps.work.<pool>.>`: what the pool's consumer pulls.
+    /// `tps.work.<pool>.>`: every subject of a pool's work stream.
     pub fn work_filter(&self, pool: Pool) -> String {
         format!("{}.work.{}.>", self.prefix(), tps_domain::names::pool(pool))
     }
@@ -74,9 +91,10 @@ impl Names {
         format!("{}.result.{}", self.prefix(), tps_domain::names::pool(pool))
     }
 
-    /// The durable pull consumer a pool's replicas share.
-    pub fn worker_consumer(&self, pool: Pool) -> String {
-        format!("worker-{}", tps_domain::names::pool(pool))
+    /// The durable pull consumer of one priority of a pool, shared by the
+    /// pool's replicas: `worker-fast-p1`.
+    pub fn worker_consumer(&self, pool: Pool, priority: u32) -> String {
+        format!("worker-{}-p{priority}", tps_domain::names::pool(pool))
     }
 }
 
@@ -87,7 +105,9 @@ mod tests {
     #[test]
     fn documented_names_without_namespace() {
         let n = Names::default();
-        assert_eq!(n.work_stream(), "TPS_WORK");
+        assert_eq!(n.work_stream(Pool::Fast), "TPS_WORK_FAST");
+        assert_eq!(n.worker_consumer(Pool::Slow, 4), "worker-slow-p4");
+        assert_eq!(n.dlq_subject(Pool::Fast), "tps.dlq.fast");
         assert_eq!(n.work_subject(Pool::Fast, 1), "tps.work.fast.p1");
         assert_eq!(n.work_filter(Pool::Slow), "tps.work.slow.>");
         assert_eq!(n.result_subject(Pool::Slow), "tps.result.slow");
@@ -97,8 +117,8 @@ mod tests {
     #[test]
     fn namespaces_do_not_overlap() {
         let n = Names::new("t1");
-        assert_eq!(n.work_stream(), "TPS_WORK_t1");
+        assert_eq!(n.work_stream(Pool::Slow), "TPS_WORK_SLOW_t1");
         assert_eq!(n.work_subject(Pool::Fast, 2), "tps-t1.work.fast.p2");
-        assert!(!n.work_subjects().starts_with("tps."));
+        assert!(!n.work_filter(Pool::Fast).starts_with("tps."));
     }
 }

@@ -9,7 +9,8 @@ use async_nats::{HeaderMap, header};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use prost::Message;
-use tps_proto::v1::{Pool, SignalStatus, WorkItem, WorkResult};
+use tps_domain::validate::PRIORITIES;
+use tps_proto::v1::{DeadLetterItem, Pool, SignalStatus, WorkItem, WorkResult};
 
 use crate::{Names, QueueError};
 
@@ -18,6 +19,9 @@ use crate::{Names, QueueError};
 const RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Identical message ids within this window are stored once.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// How long dead letters wait for an operator.
+const DLQ_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+const POOLS: [Pool; 2] = [Pool::Fast, Pool::Slow];
 
 /// How to reach the broker and how big the queues are.
 #[derive(Debug, Clone)]
@@ -32,6 +36,10 @@ pub struct ConnectOptions {
     pub pool_capacity: u32,
     /// How long to keep trying at start-up before giving up.
     pub connect_timeout: Duration,
+    /// How long a publish waits for JetStream's ack (`TPS_PUBLISH_TIMEOUT`).
+    pub publish_timeout: Duration,
+    /// How long a pulled item may go unacked before redelivery (`TPS_ACK_WAIT`).
+    pub ack_wait: Duration,
 }
 
 impl ConnectOptions {
@@ -48,6 +56,8 @@ impl ConnectOptions {
             buffer_per_pool: kanban.buffer,
             pool_capacity: kanban.pool_capacity(),
             connect_timeout: common.connect_timeout,
+            publish_timeout: common.publish_timeout,
+            ack_wait: kanban.ack_wait,
         }
     }
 }
@@ -105,24 +115,57 @@ impl Queue {
                 Err(e) => return Err(QueueError::Unavailable(e.to_string())),
             }
         };
-        let js = jetstream::new(client.clone());
+        let js = jetstream::context::ContextBuilder::new()
+            .timeout(opts.publish_timeout)
+            .ack_timeout(opts.publish_timeout)
+            .build(client.clone());
         let names = opts.names.clone();
-        ensure_stream(
-            &js,
-            stream::Config {
-                name: names.work_stream(),
-                subjects: vec![names.work_subjects()],
-                retention: stream::RetentionPolicy::WorkQueue,
-                // Kanban: the queue can never grow without bound; a full
-                // queue refuses new work instead of dropping old work.
-                max_messages: i64::from(opts.buffer_per_pool) * 2,
-                discard: stream::DiscardPolicy::New,
-                duplicate_window: DUPLICATE_WINDOW,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            },
-        )
-        .await?;
+        for pool in POOLS {
+            ensure_stream(
+                &js,
+                stream::Config {
+                    name: names.work_stream(pool),
+                    subjects: vec![names.work_filter(pool)],
+                    retention: stream::RetentionPolicy::WorkQueue,
+                    // Kanban: a pool's queue can never grow without bound; a
+                    // full queue refuses new work instead of dropping old work.
+                    max_messages: i64::from(opts.buffer_per_pool),
+                    discard: stream::DiscardPolicy::New,
+                    duplicate_window: DUPLICATE_WINDOW,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                },
+            )
+            .await?;
+            let work = js
+                .get_stream(names.work_stream(pool))
+                .await
+                .map_err(broker)?;
+            for priority in PRIORITIES {
+                let name = names.worker_consumer(pool, priority);
+                let config = consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: names.work_subject(pool, priority),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: opts.ack_wait,
+                    // Unlimited here: the worker applies TPS_MAX_DELIVER itself
+                    // and dead-letters on the last delivery, so an item whose
+                    // worker died on that delivery is still redelivered (and
+                    // dead-lettered) instead of stranded in the stream.
+                    max_deliver: -1,
+                    max_ack_pending: i64::from(opts.pool_capacity),
+                    ..Default::default()
+                };
+                if let Err(create) = work.get_or_create_consumer(&name, config).await {
+                    // Another service created it between our lookup and create.
+                    work.get_consumer::<consumer::pull::Config>(&name)
+                        .await
+                        .map_err(|_| {
+                            QueueError::Broker(format!("create consumer {name}: {create}"))
+                        })?;
+                }
+            }
+        }
         ensure_stream(
             &js,
             stream::Config {
@@ -136,29 +179,23 @@ impl Queue {
             },
         )
         .await?;
-        let work = js.get_stream(names.work_stream()).await.map_err(broker)?;
-        for pool in [Pool::Fast, Pool::Slow] {
-            let name = names.worker_consumer(pool);
-            let config = consumer::pull::Config {
-                durable_name: Some(name.clone()),
-                filter_subject: names.work_filter(pool),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_deliver: 5,
-                max_ack_pending: i64::from(opts.pool_capacity),
+        ensure_stream(
+            &js,
+            stream::Config {
+                name: names.dlq_stream(),
+                subjects: vec![names.dlq_subjects()],
+                retention: stream::RetentionPolicy::Limits,
+                max_age: DLQ_RETENTION,
+                duplicate_window: DUPLICATE_WINDOW,
+                storage: stream::StorageType::File,
                 ..Default::default()
-            };
-            if let Err(create) = work.get_or_create_consumer(&name, config).await {
-                // Another service created it between our lookup and create.
-                work.get_consumer::<consumer::pull::Config>(&name)
-                    .await
-                    .map_err(|_| QueueError::Broker(format!("create consumer {name}: {create}")))?;
-            }
-        }
+            },
+        )
+        .await?;
         let status = ensure_bucket(&js, &names.status_bucket()).await?;
         tracing::info!(
             url = %opts.url,
-            work = %names.work_stream(),
+            work = %names.work_stream(Pool::Fast),
             results = %names.results_stream(),
             status = %names.status_bucket(),
             "JetStream ready"
@@ -202,6 +239,12 @@ impl Queue {
         let msg_id = message_id(&signal.id, item.attempt);
         self.publish(subject, &msg_id, trace, item.encode_to_vec().into())
             .await
+            .map_err(|e| match e {
+                QueueError::Full(_) => {
+                    QueueError::Full(tps_domain::names::pool(signal.pool()).to_owned())
+                }
+                other => other,
+            })
     }
 
     /// Publishes a result and waits for JetStream to store it.
@@ -238,17 +281,107 @@ impl Queue {
         Ok(ack.duplicate)
     }
 
-    /// The durable pull consumer of `pool`'s work.
-    pub async fn work_consumer(
+    /// The durable pull consumers of `pool`'s work, most urgent priority first.
+    pub async fn work_consumers(
         &self,
         pool: Pool,
-    ) -> Result<consumer::Consumer<consumer::pull::Config>, QueueError> {
+    ) -> Result<Vec<consumer::Consumer<consumer::pull::Config>>, QueueError> {
+        let stream = self
+            .js
+            .get_stream(self.names.work_stream(pool))
+            .await
+            .map_err(broker)?;
+        let mut consumers = Vec::with_capacity(PRIORITIES.len());
+        for priority in PRIORITIES {
+            consumers.push(
+                stream
+                    .get_consumer(&self.names.worker_consumer(pool, priority))
+                    .await
+                    .map_err(broker)?,
+            );
+        }
+        Ok(consumers)
+    }
+
+    /// Publishes a dead letter and waits for JetStream to store it.
+    pub async fn publish_dead_letter(&self, dead: &DeadLetterItem) -> Result<(), QueueError> {
+        let signal = dead
+            .item
+            .as_ref()
+            .and_then(|i| i.signal.as_ref())
+            .ok_or_else(|| broker("dead letter without signal"))?;
+        let attempt = dead.item.as_ref().map_or(1, |i| i.attempt);
+        let msg_id = format!("dlq.{}", message_id(&signal.id, attempt));
+        self.publish(
+            self.names.dlq_subject(signal.pool()),
+            &msg_id,
+            &HashMap::new(),
+            dead.encode_to_vec().into(),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Dead letters (stream sequence and record), oldest first, of `pool`
+    /// (or every pool), at most `limit`.
+    pub async fn dead_letters(
+        &self,
+        pool: Option<Pool>,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeadLetterItem)>, QueueError> {
+        let stream = self
+            .js
+            .get_stream(self.names.dlq_stream())
+            .await
+            .map_err(broker)?;
+        // A short-lived, unacknowledged reader: listing changes nothing.
+        let reader = stream
+            .create_consumer(consumer::pull::Config {
+                deliver_policy: consumer::DeliverPolicy::All,
+                ack_policy: consumer::AckPolicy::None,
+                filter_subject: pool
+                    .map_or_else(|| self.names.dlq_subjects(), |p| self.names.dlq_subject(p)),
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(broker)?;
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let want = (limit - out.len()).min(256);
+            let mut batch = reader
+                .fetch()
+                .max_messages(want)
+                .messages()
+                .await
+                .map_err(broker)?;
+            let mut got = 0;
+            while let Some(m) = batch.next().await {
+                let m = m.map_err(broker)?;
+                got += 1;
+                let seq = m.info().map_err(broker)?.stream_sequence;
+                match DeadLetterItem::decode(m.payload.clone()) {
+                    Ok(d) => out.push((seq, d)),
+                    Err(e) => tracing::warn!(seq, error = %e, "unreadable dead letter skipped"),
+                }
+            }
+            if got == 0 {
+                break;
+            }
+        }
+        let _ = stream.delete_consumer(&reader.cached_info().name).await;
+        Ok(out)
+    }
+
+    /// Removes a dead letter (after it was replayed).
+    pub async fn delete_dead_letter(&self, sequence: u64) -> Result<(), QueueError> {
         self.js
-            .get_stream(self.names.work_stream())
+            .get_stream(self.names.dlq_stream())
             .await
             .map_err(broker)?
-            .get_consumer(&self.names.worker_consumer(pool))
+            .delete_message(sequence)
             .await
+            .map(|_| ())
             .map_err(broker)
     }
 
@@ -276,15 +409,26 @@ impl Queue {
         }))
     }
 
-    /// Depth, in-flight and redelivered counts of `pool`'s queue.
+    /// Depth, in-flight and redelivered counts of `pool`'s queue (all priorities).
     pub async fn queue_stats(&self, pool: Pool) -> Result<QueueStats, QueueError> {
-        let mut consumer = self.work_consumer(pool).await?;
-        let info = consumer.info().await.map_err(broker)?;
-        Ok(QueueStats {
-            depth: info.num_pending,
-            in_flight: info.num_ack_pending as u64,
-            redelivered: info.num_redelivered as u64,
-        })
+        let mut stats = QueueStats::default();
+        for mut consumer in self.work_consumers(pool).await? {
+            let info = consumer.info().await.map_err(broker)?;
+            stats.depth += info.num_pending;
+            stats.in_flight += info.num_ack_pending as u64;
+            stats.redelivered += info.num_redelivered as u64;
+        }
+        Ok(stats)
+    }
+
+    /// Waiting items of `pool` at each priority, most urgent first.
+    pub async fn depth_by_priority(&self, pool: Pool) -> Result<Vec<(u32, u64)>, QueueError> {
+        let mut out = Vec::new();
+        for (priority, mut consumer) in PRIORITIES.into_iter().zip(self.work_consumers(pool).await?)
+        {
+            out.push((priority, consumer.info().await.map_err(broker)?.num_pending));
+        }
+        Ok(out)
     }
 
     /// The status of a signal, if known.

@@ -213,6 +213,12 @@ pub struct CommonConfig {
     /// `TPS_NATS_CONNECT_TIMEOUT` (default 30s): how long start-up keeps
     /// trying to reach NATS.
     pub connect_timeout: Duration,
+    /// `TPS_PUBLISH_TIMEOUT` (default 5s): how long a publish waits for the
+    /// broker's ack before it counts as failed.
+    pub publish_timeout: Duration,
+    /// `TPS_ADMIN_TOKEN` (or the file named by `TPS_ADMIN_TOKEN_FILE`): the
+    /// bearer token admin RPCs require. Unset: admin RPCs are disabled.
+    pub admin_token: Option<String>,
 }
 
 impl CommonConfig {
@@ -254,34 +260,92 @@ impl CommonConfig {
             ports_file: env.get("TPS_PORTS_FILE").map(str::to_owned),
             instance_id: env.string("TPS_INSTANCE_ID", &default_instance),
             connect_timeout: env.duration("TPS_NATS_CONNECT_TIMEOUT", Duration::from_secs(30))?,
+            publish_timeout: positive(env, "TPS_PUBLISH_TIMEOUT", Duration::from_secs(5))?,
+            admin_token: admin_token(env)?,
         })
     }
 }
 
-/// Jidoka: the circuit breaker's settings (the breaker itself: `tps-jidoka`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BreakerConfig {
-    /// `TPS_CB_THRESHOLD` (default 5): failures that trip the breaker.
-    pub threshold: u32,
-    /// `TPS_CB_TIMEOUT` (default 30s): how long it stays open.
-    pub timeout: Duration,
+fn positive(env: &Env, var: &str, default: Duration) -> Result<Duration, ConfigError> {
+    let d = env.duration(var, default)?;
+    if d.is_zero() || d > Duration::from_secs(24 * 3600) {
+        return Err(Env::error(
+            var,
+            env.get(var).unwrap_or_default(),
+            "must be between 1ms and 24h",
+        ));
+    }
+    Ok(d)
 }
 
-impl BreakerConfig {
-    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let timeout = env.duration("TPS_CB_TIMEOUT", Duration::from_secs(30))?;
-        if timeout.is_zero() || timeout > Duration::from_secs(3600) {
+fn admin_token(env: &Env) -> Result<Option<String>, ConfigError> {
+    let token = match (env.get("TPS_ADMIN_TOKEN"), env.get("TPS_ADMIN_TOKEN_FILE")) {
+        (Some(t), _) => t.to_owned(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| Env::error("TPS_ADMIN_TOKEN_FILE", path, e))?
+            .trim()
+            .to_owned(),
+        (None, None) => return Ok(None),
+    };
+    if token.len() < 16 {
+        // Never echo the token itself.
+        return Err(Env::error(
+            "TPS_ADMIN_TOKEN",
+            "***",
+            "must be at least 16 characters",
+        ));
+    }
+    Ok(Some(token))
+}
+
+/// Jidoka: the circuit breaker's settings, from `TPS_CB_*`.
+///
+/// The breaker looks at the last `TPS_CB_WINDOW` calls (default 20). Once it
+/// has seen at least `TPS_CB_THRESHOLD` calls (default 5) it opens when the
+/// failure rate reaches `TPS_CB_FAILURE_RATE` (default 0.5) or the slow-call
+/// rate (calls slower than `TPS_CB_SLOW_CALL`, default 5s) reaches
+/// `TPS_CB_SLOW_RATE` (default 0.8). So with the defaults, 5 consecutive
+/// failures open it. It stays open `TPS_CB_TIMEOUT` (default 30s), then lets
+/// `TPS_CB_HALF_OPEN_CALLS` probes (default 3) through: all succeed → closed,
+/// one fails → open again.
+pub fn breaker(env: &Env) -> Result<tps_jidoka::BreakerConfig, ConfigError> {
+    let rate = |var: &str, default: f64| -> Result<f64, ConfigError> {
+        let v: f64 = env.parse(var, default)?;
+        if !(v > 0.0 && v <= 1.0) {
             return Err(Env::error(
-                "TPS_CB_TIMEOUT",
-                env.get("TPS_CB_TIMEOUT").unwrap_or_default(),
-                "must be between 1ms and 1h",
+                var,
+                env.get(var).unwrap_or_default(),
+                "must be in (0, 1]",
             ));
         }
-        Ok(Self {
-            threshold: env.bounded("TPS_CB_THRESHOLD", 5, 1, 10_000)?,
-            timeout,
-        })
+        Ok(v)
+    };
+    let min_calls = env.bounded("TPS_CB_THRESHOLD", 5, 1, 10_000)?;
+    let window = env.bounded("TPS_CB_WINDOW", 20.max(min_calls), 1, 100_000)?;
+    if window < min_calls {
+        return Err(Env::error(
+            "TPS_CB_WINDOW",
+            env.get("TPS_CB_WINDOW").unwrap_or_default(),
+            "must be at least TPS_CB_THRESHOLD",
+        ));
     }
+    let open_for = env.duration("TPS_CB_TIMEOUT", Duration::from_secs(30))?;
+    if open_for.is_zero() || open_for > Duration::from_secs(3600) {
+        return Err(Env::error(
+            "TPS_CB_TIMEOUT",
+            env.get("TPS_CB_TIMEOUT").unwrap_or_default(),
+            "must be between 1ms and 1h",
+        ));
+    }
+    Ok(tps_jidoka::BreakerConfig {
+        window,
+        min_calls,
+        failure_rate: rate("TPS_CB_FAILURE_RATE", 0.5)?,
+        slow_call: positive(env, "TPS_CB_SLOW_CALL", Duration::from_secs(5))?,
+        slow_call_rate: rate("TPS_CB_SLOW_RATE", 0.8)?,
+        open_for,
+        half_open_calls: env.bounded("TPS_CB_HALF_OPEN_CALLS", 3, 1, 1000)?,
+    })
 }
 
 /// Kanban and Heijunka: how much work may wait and how much may be in flight.
@@ -295,6 +359,15 @@ pub struct KanbanConfig {
     /// pool's capacity (max in flight across replicas) is
     /// `TPS_NUM_WORKERS × TPS_HEIJUNKA_POOL`.
     pub heijunka_pool: u32,
+    /// `TPS_ACK_WAIT` (default 30s): an item pulled and not acked (nor
+    /// marked in progress) for this long is redelivered.
+    pub ack_wait: Duration,
+    /// `TPS_MAX_DELIVER` (default 5): deliveries before a failing item is
+    /// dead-lettered.
+    pub max_deliver: u32,
+    /// `TPS_RETRY_BACKOFF` (default 1s): delay before the first redelivery
+    /// of a failed item; doubled each time, at most 30s.
+    pub retry_backoff: Duration,
 }
 
 impl KanbanConfig {
@@ -303,7 +376,18 @@ impl KanbanConfig {
             buffer: env.bounded("TPS_KANBAN_BUFFER", 1000, 1, 10_000_000)?,
             num_workers: env.bounded("TPS_NUM_WORKERS", 4, 1, 4096)?,
             heijunka_pool: env.bounded("TPS_HEIJUNKA_POOL", 4, 1, 1024)?,
+            ack_wait: positive(env, "TPS_ACK_WAIT", Duration::from_secs(30))?,
+            max_deliver: env.bounded("TPS_MAX_DELIVER", 5, 1, 100)?,
+            retry_backoff: positive(env, "TPS_RETRY_BACKOFF", Duration::from_secs(1))?,
         })
+    }
+
+    /// Delay before redelivering an item that failed on delivery `delivered`.
+    pub fn backoff(&self, delivered: u32) -> Duration {
+        let factor = 2u32.saturating_pow(delivered.saturating_sub(1).min(16));
+        self.retry_backoff
+            .saturating_mul(factor)
+            .min(Duration::from_secs(30))
     }
 
     /// Work in flight a whole pool may hold (the consumer's max_ack_pending).
@@ -324,9 +408,10 @@ mod tests {
     #[test]
     fn defaults_are_the_seeds() {
         let env = Env::default();
-        let b = BreakerConfig::from_env(&env).unwrap();
-        assert_eq!(b.threshold, 5);
-        assert_eq!(b.timeout, Duration::from_secs(30));
+        let b = breaker(&env).unwrap();
+        assert_eq!(b.min_calls, 5);
+        assert_eq!(b.open_for, Duration::from_secs(30));
+        assert_eq!(b.window, 20);
         let k = KanbanConfig::from_env(&env).unwrap();
         assert_eq!((k.buffer, k.num_workers, k.heijunka_pool), (1000, 4, 4));
         assert_eq!(andon_history(&env).unwrap(), 100);
@@ -347,10 +432,13 @@ mod tests {
         assert_eq!(e.var, "TPS_KANBAN_BUFFER");
 
         let env = Env::from_pairs([("TPS_CB_TIMEOUT", "soon")]);
-        assert_eq!(
-            BreakerConfig::from_env(&env).unwrap_err().var,
-            "TPS_CB_TIMEOUT"
-        );
+        assert_eq!(breaker(&env).unwrap_err().var, "TPS_CB_TIMEOUT");
+        let env = Env::from_pairs([("TPS_CB_FAILURE_RATE", "1.5")]);
+        assert_eq!(breaker(&env).unwrap_err().var, "TPS_CB_FAILURE_RATE");
+        let env = Env::from_pairs([("TPS_ADMIN_TOKEN", "short")]);
+        let e = CommonConfig::from_env(&env).unwrap_err();
+        assert_eq!(e.var, "TPS_ADMIN_TOKEN");
+        assert!(!e.to_string().contains("short"), "{e}");
 
         let env = Env::from_pairs([("NATS_URL", "localhost:4222")]);
         assert_eq!(CommonConfig::from_env(&env).unwrap_err().var, "NATS_URL");

@@ -3,8 +3,10 @@
 //! gRPC health/reflection services, shutdown on signals, W3C trace propagation
 //! and reporting the addresses a process bound.
 
+pub mod admin;
 pub mod config;
 pub mod grpc;
+pub mod jidoka;
 pub mod metrics;
 pub mod ports;
 pub mod propagation;

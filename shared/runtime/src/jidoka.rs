@@ -1,0 +1,44 @@
+//! Wiring a [`tps_jidoka::Breaker`] into a service: its Prometheus series
+//! (`tps_circuit_state{breaker}`: 0 closed, 1 open, 2 half-open, and
+//! `tps_circuit_transitions_total{breaker,from,to}`), kept current by the
+//! breaker's transition listener.
+
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use tps_jidoka::{Breaker, BreakerConfig, Transition};
+
+/// Creates a breaker named `name` whose state and transitions are exported
+/// on `registry`.
+pub fn instrumented_breaker(
+    name: &str,
+    config: BreakerConfig,
+    registry: &Registry,
+) -> Result<Breaker, prometheus::Error> {
+    let state = IntGaugeVec::new(
+        Opts::new(
+            "tps_circuit_state",
+            "Circuit breaker state: 0 closed, 1 open, 2 half-open",
+        ),
+        &["breaker"],
+    )?;
+    let transitions = IntCounterVec::new(
+        Opts::new(
+            "tps_circuit_transitions_total",
+            "Circuit breaker state changes",
+        ),
+        &["breaker", "from", "to"],
+    )?;
+    registry.register(Box::new(state.clone()))?;
+    registry.register(Box::new(transitions.clone()))?;
+    state.with_label_values(&[name]).set(0);
+    let listener_state = state.clone();
+    Ok(
+        Breaker::new(name, config).with_listener(move |t: &Transition| {
+            listener_state
+                .with_label_values(&[t.breaker.as_str()])
+                .set(t.to.gauge());
+            transitions
+                .with_label_values(&[t.breaker.as_str(), t.from.as_str(), t.to.as_str()])
+                .inc();
+        }),
+    )
+}
