@@ -37,16 +37,19 @@ pub struct SubmitArgs {
     wait: bool,
 }
 
-async fn connect(gateway: &str) -> anyhow::Result<SignalServiceClient<Channel>> {
-    let channel = Channel::from_shared(gateway.to_owned())?
+pub async fn connect_channel(addr: &str) -> anyhow::Result<Channel> {
+    Channel::from_shared(addr.to_owned())?
         .connect()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the gateway at {gateway}: {e}"))?;
-    Ok(SignalServiceClient::new(channel))
+        .map_err(|e| anyhow::anyhow!("cannot reach {addr}: {e}"))
+}
+
+async fn connect(gateway: &str) -> anyhow::Result<SignalServiceClient<Channel>> {
+    Ok(SignalServiceClient::new(connect_channel(gateway).await?))
 }
 
 /// A gRPC error as the user should read it, with every field violation.
-fn explain(status: &tonic::Status) -> anyhow::Error {
+pub fn explain(status: &tonic::Status) -> anyhow::Error {
     let mut text = format!("{:?}: {}", status.code(), status.message());
     if let Some(bad) = status.get_details_bad_request() {
         for v in bad.field_violations {

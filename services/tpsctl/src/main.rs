@@ -4,12 +4,16 @@
 //! tpsctl submit --type validate --priority 2 --payload '{"data":[1,2,3]}' --wait
 //! tpsctl get <signal-id>
 //! tpsctl watch <signal-id>
+//! tpsctl circuit get|open|reset                       # the gateway's breaker
+//! tpsctl pool --worker http://127.0.0.1:50052 get|pause|resume|drain|fault
+//! tpsctl dlq list|replay
 //! ```
 //!
 //! Output is JSON (one object per line for `watch`). Exit codes: 0 success;
 //! 1 the call failed (the gRPC status is printed to stderr); 3 `--wait` or
 //! `watch` ended in a terminal state other than SUCCEEDED.
 
+mod admin;
 mod commands;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +29,9 @@ struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     gateway: String,
+    /// The admin token for mutating operator calls.
+    #[arg(long, global = true, env = "TPS_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,6 +50,24 @@ enum Command {
         /// The signal id.
         id: String,
     },
+    /// The gateway's publish circuit breaker (Jidoka).
+    Circuit {
+        #[command(subcommand)]
+        command: admin::CircuitCommand,
+    },
+    /// One worker replica: its line (Kanban) and injected faults.
+    Pool {
+        /// The replica's gRPC address.
+        #[arg(long, default_value = "http://127.0.0.1:50052")]
+        worker: String,
+        #[command(subcommand)]
+        command: admin::PoolCommand,
+    },
+    /// The dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        command: admin::DlqCommand,
+    },
 }
 
 #[tokio::main]
@@ -52,6 +77,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Submit(args) => commands::submit(&cli.gateway, args).await,
         Command::Get { id } => commands::get(&cli.gateway, &id).await,
         Command::Watch { id } => commands::watch(&cli.gateway, &id).await,
+        Command::Circuit { command } => {
+            admin::circuit(&cli.gateway, cli.admin_token.as_deref(), command).await
+        }
+        Command::Pool { worker, command } => {
+            admin::pool(&worker, cli.admin_token.as_deref(), command).await
+        }
+        Command::Dlq { command } => {
+            admin::dlq(&cli.gateway, cli.admin_token.as_deref(), command).await
+        }
     };
     match code {
         Ok(code) => std::process::exit(code),

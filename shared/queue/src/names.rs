@@ -44,6 +44,11 @@ impl Names {
         self.stream(&format!("TPS_WORK_{pool}"))
     }
 
+    /// The single work stream of earlier versions, retired at start-up.
+    pub fn legacy_work_stream(&self) -> String {
+        self.stream("TPS_WORK")
+    }
+
     /// The dead-letter stream: `TPS_DLQ`.
     pub fn dlq_stream(&self) -> String {
         self.stream("TPS_DLQ")

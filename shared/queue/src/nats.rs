@@ -120,6 +120,7 @@ impl Queue {
             .ack_timeout(opts.publish_timeout)
             .build(client.clone());
         let names = opts.names.clone();
+        retire_legacy_work_stream(&js, &names).await?;
         for pool in POOLS {
             ensure_stream(
                 &js,
@@ -421,16 +422,6 @@ impl Queue {
         Ok(stats)
     }
 
-    /// Waiting items of `pool` at each priority, most urgent first.
-    pub async fn depth_by_priority(&self, pool: Pool) -> Result<Vec<(u32, u64)>, QueueError> {
-        let mut out = Vec::new();
-        for (priority, mut consumer) in PRIORITIES.into_iter().zip(self.work_consumers(pool).await?)
-        {
-            out.push((priority, consumer.info().await.map_err(broker)?.num_pending));
-        }
-        Ok(out)
-    }
-
     /// The status of a signal, if known.
     pub async fn status(&self, id: &str) -> Result<Option<StatusEntry>, QueueError> {
         match self.status.entry(id).await.map_err(broker)? {
@@ -548,6 +539,30 @@ async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Resul
             .map(|_| ())
             .map_err(|_| QueueError::Broker(format!("create stream {name}: {create}"))),
     }
+}
+
+/// Before 0.2 both pools shared one stream, `TPS_WORK`, whose subjects
+/// overlap the per-pool streams. An empty one is removed; one that still
+/// holds work stops start-up with a message saying what to do, rather than
+/// losing that work.
+async fn retire_legacy_work_stream(
+    js: &jetstream::Context,
+    names: &Names,
+) -> Result<(), QueueError> {
+    let legacy = names.legacy_work_stream();
+    let Ok(mut stream) = js.get_stream(&legacy).await else {
+        return Ok(());
+    };
+    let messages = stream.info().await.map_err(broker)?.state.messages;
+    if messages > 0 {
+        return Err(QueueError::Broker(format!(
+            "the legacy stream {legacy} still holds {messages} work items: let the old \
+             workers finish them, or remove it (nats stream rm {legacy}) to discard them"
+        )));
+    }
+    tracing::warn!(stream = %legacy, "removing the empty legacy work stream");
+    js.delete_stream(&legacy).await.map_err(broker)?;
+    Ok(())
 }
 
 async fn ensure_bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::Store, QueueError> {
