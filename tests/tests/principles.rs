@@ -43,6 +43,23 @@ fn reason(status: &tonic::Status) -> String {
         .unwrap_or_default()
 }
 
+/// PoolService.SetFault with only an error rate (0 clears: chaos-stop).
+async fn set_error_rate(
+    pool: &mut tps_proto::v1::pool_service_client::PoolServiceClient<tonic::transport::Channel>,
+    error_rate: f64,
+) {
+    let fault = Fault {
+        added_latency_ms: 0,
+        error_rate,
+    };
+    let status = pool
+        .set_fault(admin(SetFaultRequest { fault: Some(fault) }))
+        .await
+        .expect("SetFault")
+        .into_inner();
+    assert_eq!(status.fault.unwrap_or_default().error_rate, error_rate);
+}
+
 fn started(status: &tps_proto::v1::SignalStatus) -> SystemTime {
     SystemTime::try_from(status.started_at.expect("started_at")).expect("timestamp")
 }
@@ -394,14 +411,7 @@ async fn failing_work_is_retried_then_dead_lettered_and_replay_runs_it_again() {
     .await;
     let mut client = stack.signals().await;
     let mut pool = stack.worker_slow.pool_client().await;
-    pool.set_fault(admin(SetFaultRequest {
-        fault: Some(Fault {
-            added_latency_ms: 0,
-            error_rate: 1.0,
-        }),
-    }))
-    .await
-    .unwrap();
+    set_error_rate(&mut pool, 1.0).await;
     let id = submit(
         &mut client,
         request(SignalType::Report, 2, json!({"v": [1, 2]})),
@@ -439,11 +449,7 @@ async fn failing_work_is_retried_then_dead_lettered_and_replay_runs_it_again() {
     );
 
     // chaos-stop, then replay: the same id runs again as attempt 2.
-    pool.set_fault(admin(SetFaultRequest {
-        fault: Some(Fault::default()),
-    }))
-    .await
-    .unwrap();
+    set_error_rate(&mut pool, 0.0).await;
     let err = client
         .replay(ReplayRequest {
             ids: vec![id.clone()],
@@ -518,14 +524,7 @@ async fn a_worker_stops_its_line_under_injected_failures_and_resumes_after_chaos
     .await;
     let mut client = stack.signals().await;
     let mut pool = stack.worker_fast.pool_client().await;
-    pool.set_fault(admin(SetFaultRequest {
-        fault: Some(Fault {
-            added_latency_ms: 0,
-            error_rate: 1.0,
-        }),
-    }))
-    .await
-    .unwrap();
+    set_error_rate(&mut pool, 1.0).await;
     let mut ids = Vec::new();
     for i in 0..10 {
         ids.push(
@@ -562,11 +561,7 @@ async fn a_worker_stops_its_line_under_injected_failures_and_resumes_after_chaos
 
     // chaos-stop: clear the fault; the breaker half-opens, probes succeed,
     // the line runs again and every signal completes.
-    pool.set_fault(admin(SetFaultRequest {
-        fault: Some(Fault::default()),
-    }))
-    .await
-    .unwrap();
+    set_error_rate(&mut pool, 0.0).await;
     for id in &ids {
         let s = tokio::time::timeout(Duration::from_secs(30), wait_terminal(&mut client, id))
             .await
@@ -645,4 +640,131 @@ async fn a_full_pool_queue_refuses_with_queue_full_while_the_other_pool_flows() 
     }
     // And the refusal held nothing back: there is room again.
     submit(&mut client, long).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_latency_makes_slow_calls_that_stop_the_line() {
+    let stack = Stack::start_with(StackOptions {
+        fast_env: env(&[
+            ("TPS_CB_THRESHOLD", "3"),
+            ("TPS_CB_SLOW_CALL", "100ms"),
+            ("TPS_CB_TIMEOUT", "1s"),
+            ("TPS_NUM_WORKERS", "1"),
+        ]),
+        ..Default::default()
+    })
+    .await;
+    let mut client = stack.signals().await;
+    let mut pool = stack.worker_fast.pool_client().await;
+    let slow = Fault {
+        added_latency_ms: 250,
+        error_rate: 0.0,
+    };
+    pool.set_fault(admin(SetFaultRequest { fault: Some(slow) }))
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(
+            submit(
+                &mut client,
+                request(SignalType::Validate, 2, json!({"i": i})),
+            )
+            .await,
+        );
+    }
+    // Slow calls still succeed, but three of them open the breaker.
+    eventually(
+        Duration::from_secs(10),
+        "the line to stop on slow calls",
+        || {
+            let mut pool = pool.clone();
+            async move {
+                let s = pool.get(PoolGetRequest {}).await.ok()?.into_inner();
+                (s.line() == LineState::Stopped).then_some(())
+            }
+        },
+    )
+    .await;
+    set_error_rate(&mut pool, 0.0).await;
+    for id in &ids {
+        assert_eq!(
+            wait_terminal(&mut client, id).await.state(),
+            SignalState::Succeeded
+        );
+    }
+    let metrics = stack.worker_fast.metrics().await;
+    assert!(prom::sum(&metrics, "tps_circuit_transitions_total", &[("to", "open")]) >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_handler_keeps_its_item_with_in_progress_acks() {
+    // ack_wait 1 s, work 2.5 s: without in-progress acks the item would be
+    // redelivered (and run twice) while still being worked on.
+    let stack = Stack::start_with(StackOptions {
+        slow_env: env(&[("TPS_ACK_WAIT", "1s")]),
+        ..Default::default()
+    })
+    .await;
+    let mut client = stack.signals().await;
+    let id = submit(
+        &mut client,
+        request(SignalType::Execute, 3, json!({"duration_ms": 2500})),
+    )
+    .await;
+    assert_eq!(
+        wait_terminal(&mut client, &id).await.state(),
+        SignalState::Succeeded
+    );
+    let metrics = stack.worker_slow.metrics().await;
+    assert_eq!(
+        prom::sum(&metrics, "tps_worker_redeliveries_total", &[]),
+        0.0
+    );
+    assert!(prom::sum(&metrics, "tps_worker_acks_total", &[("kind", "progress")]) >= 2.0);
+    assert_eq!(prom::sum(&metrics, "tps_worker_processed_total", &[]), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_stream_answers_each_signal_in_order() {
+    use tps_proto::v1::submit_stream_response::Result as Answer;
+    let stack = Stack::start().await;
+    let mut client = stack.signals().await;
+    let mut requests = vec![
+        request(SignalType::Validate, 1, json!({"a": 1})),
+        request(SignalType::Report, 2, json!({"b": [1, 2]})),
+        request(SignalType::Execute, 9, json!({})), // invalid priority
+        request(SignalType::Execute, 4, json!({"duration_ms": 1})),
+    ];
+    requests[1].idempotency_key = "stream-key-1".into();
+    let answers: Vec<_> = client
+        .submit_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|r| r.expect("stream item"))
+        .collect()
+        .await;
+    assert_eq!(answers.len(), 4);
+    for (i, a) in answers.iter().enumerate() {
+        assert_eq!(a.index, i as u64);
+    }
+    let mut accepted = Vec::new();
+    for a in &answers {
+        match a.result.as_ref().unwrap() {
+            Answer::Accepted(r) => accepted.push(r.id.clone()),
+            Answer::Refused(r) => {
+                assert_eq!(a.index, 2);
+                assert_eq!(r.reason, "INVALID_ARGUMENT");
+                assert_eq!(r.code, Code::InvalidArgument as i32);
+            }
+        }
+    }
+    assert_eq!(accepted.len(), 3);
+    for id in &accepted {
+        assert_eq!(
+            wait_terminal(&mut client, id).await.state(),
+            SignalState::Succeeded
+        );
+    }
 }
