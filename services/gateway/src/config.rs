@@ -50,7 +50,7 @@ impl Config {
             "ack_wait_secs": self.kanban.ack_wait.as_secs_f64(),
             "retry_backoff_secs": self.kanban.retry_backoff.as_secs_f64(),
             "publish_timeout_secs": self.common.publish_timeout.as_secs_f64(),
-            "admin": if self.common.admin_token.is_some() { "enabled" } else { "disabled" },
+            "admin": if self.common.admin_token.is_set() { "enabled" } else { "disabled" },
             "andon_history": self.andon_history,
             "nats_url": redact_url(&self.common.nats_url),
             "rabbitmq_url": redact_url(&self.common.rabbitmq_url),

@@ -42,7 +42,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let core = Arc::new(core::Core {
         publisher: core::publisher(queue.clone(), breaker.clone()),
         breaker,
-        admin: tps_runtime::admin::AdminToken::new(config.common.admin_token.clone()),
+        admin: config.common.admin_token.clone(),
         queue,
         metrics: metrics.clone(),
         config: config.clone(),

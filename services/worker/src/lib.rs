@@ -141,7 +141,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
 
     let worker = Arc::new(Worker {
         permits: Arc::new(Semaphore::new(config.kanban.num_workers as usize)),
-        admin: AdminToken::new(config.common.admin_token.clone()),
+        admin: config.common.admin_token.clone(),
         config: config.clone(),
         queue,
         metrics: metrics.clone(),

@@ -218,7 +218,8 @@ pub struct CommonConfig {
     pub publish_timeout: Duration,
     /// `TPS_ADMIN_TOKEN` (or the file named by `TPS_ADMIN_TOKEN_FILE`): the
     /// bearer token admin RPCs require. Unset: admin RPCs are disabled.
-    pub admin_token: Option<String>,
+    /// Its Debug output never shows the token.
+    pub admin_token: crate::admin::AdminToken,
 }
 
 impl CommonConfig {
@@ -261,7 +262,7 @@ impl CommonConfig {
             instance_id: env.string("TPS_INSTANCE_ID", &default_instance),
             connect_timeout: env.duration("TPS_NATS_CONNECT_TIMEOUT", Duration::from_secs(30))?,
             publish_timeout: positive(env, "TPS_PUBLISH_TIMEOUT", Duration::from_secs(5))?,
-            admin_token: admin_token(env)?,
+            admin_token: crate::admin::AdminToken::new(admin_token(env)?),
         })
     }
 }
@@ -439,6 +440,10 @@ mod tests {
         let e = CommonConfig::from_env(&env).unwrap_err();
         assert_eq!(e.var, "TPS_ADMIN_TOKEN");
         assert!(!e.to_string().contains("short"), "{e}");
+        let env = Env::from_pairs([("TPS_ADMIN_TOKEN", "a-long-enough-secret-token")]);
+        let c = CommonConfig::from_env(&env).unwrap();
+        assert!(c.admin_token.is_set());
+        assert!(!format!("{c:?}").contains("a-long-enough-secret-token"));
 
         let env = Env::from_pairs([("NATS_URL", "localhost:4222")]);
         assert_eq!(CommonConfig::from_env(&env).unwrap_err().var, "NATS_URL");
