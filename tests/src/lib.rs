@@ -10,6 +10,7 @@
 //! `TPS_BIN_DIR`; `make test` builds them first. The nats-server is
 //! `NATS_SERVER`, else `nats-server` on PATH (scripts/ensure-nats.sh installs one).
 
+pub mod ledger;
 pub mod prom;
 
 use std::collections::HashMap;
@@ -196,6 +197,11 @@ pub struct Service {
     child: Child,
     pub ports: HashMap<String, SocketAddr>,
     pub log: PathBuf,
+    dir: PathBuf,
+    binary: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    generation: u32,
 }
 
 impl Service {
@@ -207,16 +213,81 @@ impl Service {
         args: &[&str],
         env: &[(&str, String)],
     ) -> Self {
-        let ports_file = dir.join(format!("{name}.ports"));
-        let log = dir.join(format!("{name}.log"));
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let (child, ports, log) = Self::spawn(dir, name, binary, &args, &env, 0, &HashMap::new());
+        Self {
+            name: name.to_owned(),
+            child,
+            ports,
+            log,
+            dir: dir.to_path_buf(),
+            binary: binary.to_owned(),
+            args,
+            env,
+            generation: 0,
+        }
+    }
+
+    /// Starts the same binary again, with the same settings and on the same
+    /// addresses, after the old process has stopped (or been killed).
+    pub fn respawn(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.generation += 1;
+        let (child, ports, log) = Self::spawn(
+            &self.dir,
+            &self.name,
+            &self.binary,
+            &self.args,
+            &self.env,
+            self.generation,
+            &self.ports,
+        );
+        self.child = child;
+        self.ports = ports;
+        self.log = log;
+    }
+
+    /// SIGKILL: the process dies at once, mid-whatever, as in a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn(
+        dir: &Path,
+        name: &str,
+        binary: &str,
+        args: &[String],
+        env: &[(String, String)],
+        generation: u32,
+        previous: &HashMap<String, SocketAddr>,
+    ) -> (Child, HashMap<String, SocketAddr>, PathBuf) {
+        let suffix = if generation == 0 {
+            String::new()
+        } else {
+            format!("-{generation}")
+        };
+        let ports_file = dir.join(format!("{name}{suffix}.ports"));
+        let log = dir.join(format!("{name}{suffix}.log"));
+        let addr = |listener: &str| {
+            previous
+                .get(listener)
+                .map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string())
+        };
         let out = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(bin(binary));
         cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("TPS_GRPC_ADDR", "127.0.0.1:0")
-            .env("TPS_HTTP_ADDR", "127.0.0.1:0")
-            .env("TPS_METRICS_ADDR", "127.0.0.1:0")
+            .env("TPS_GRPC_ADDR", addr("grpc"))
+            .env("TPS_HTTP_ADDR", addr("http"))
+            .env("TPS_METRICS_ADDR", addr("metrics"))
             .env("TPS_PORTS_FILE", &ports_file)
             .env("TPS_LOG_FORMAT", "json")
             .env("TPS_LOG", "info")
@@ -235,12 +306,7 @@ impl Service {
             .into_iter()
             .map(|(k, v)| (k, v.parse().expect("socket address")))
             .collect();
-        Self {
-            name: name.to_owned(),
-            child,
-            ports,
-            log,
-        }
+        (child, ports, log)
     }
 
     pub fn addr(&self, listener: &str) -> SocketAddr {

@@ -122,11 +122,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let pool_name = tps_domain::names::pool(config.pool);
     let service = format!("tps-worker-{pool_name}");
     let metrics = metrics::Metrics::new(&service).map_err(|e| StartError::Broker(e.to_string()))?;
-    let queue = Queue::connect(&ConnectOptions::from_config(
-        &service,
-        &config.common,
-        &config.kanban,
-    ))
+    let queue = Queue::connect(&ConnectOptions {
+        works_pool: Some(config.pool),
+        ..ConnectOptions::from_config(&service, &config.common, &config.kanban)
+    })
     .await?;
     metrics
         .capacity

@@ -40,6 +40,10 @@ pub struct ConnectOptions {
     pub publish_timeout: Duration,
     /// How long a pulled item may go unacked before redelivery (`TPS_ACK_WAIT`).
     pub ack_wait: Duration,
+    /// The pool whose consumers this process works from (a worker). Its
+    /// settings (ack wait, max ack pending) are applied to existing
+    /// consumers; other processes only create missing ones.
+    pub works_pool: Option<Pool>,
 }
 
 impl ConnectOptions {
@@ -58,6 +62,7 @@ impl ConnectOptions {
             connect_timeout: common.connect_timeout,
             publish_timeout: common.publish_timeout,
             ack_wait: kanban.ack_wait,
+            works_pool: None,
         }
     }
 }
@@ -157,6 +162,16 @@ impl Queue {
                     max_ack_pending: i64::from(opts.pool_capacity),
                     ..Default::default()
                 };
+                if opts.works_pool == Some(pool) {
+                    // The pool's worker owns these settings: the last one
+                    // started applies its own.
+                    match work.update_consumer(config.clone()).await {
+                        Ok(_) => continue,
+                        Err(e) => {
+                            tracing::debug!(consumer = %name, error = %e, "not updated; creating")
+                        }
+                    }
+                }
                 if let Err(create) = work.get_or_create_consumer(&name, config).await {
                     // Another service created it between our lookup and create.
                     work.get_consumer::<consumer::pull::Config>(&name)

@@ -1,0 +1,197 @@
+//! Chaos that loses nothing: for each failure, a bounded load runs, the fault
+//! is caused and undone, the system settles, and the ledger is checked
+//! (tps_e2e::ledger). Each test prints one summary line:
+//! `ledger <scenario>: accepted= refused= terminal= lost= duplicated= recovery=`.
+//!
+//! Scenarios that need the RabbitMQ fallback (NATS down, RabbitMQ down, both
+//! down) arrive with the fallback itself.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::json;
+use tps_domain::json::to_struct;
+use tps_e2e::ledger::{assert_ledger, settle, start_load};
+use tps_e2e::{Stack, StackOptions, admin, prom};
+use tps_proto::v1::{Fault, Pool, SetFaultRequest, SignalType, SubmitRequest};
+
+fn env(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+}
+
+/// Execute work on the fast pool that takes long enough to be caught mid-message.
+fn fast_execute(i: usize) -> SubmitRequest {
+    SubmitRequest {
+        r#type: SignalType::Execute as i32,
+        priority: 1 + (i % 4) as u32,
+        pool: Pool::Fast as i32,
+        payload: to_struct(&json!({"duration_ms": 150, "i": i})),
+        ..Default::default()
+    }
+}
+
+/// A mix of every type and priority, on both pools.
+fn mixed(i: usize) -> SubmitRequest {
+    let t = [
+        SignalType::Validate,
+        SignalType::Execute,
+        SignalType::Report,
+    ][i % 3];
+    SubmitRequest {
+        r#type: t as i32,
+        priority: 1 + (i % 4) as u32,
+        payload: to_struct(&json!({"data": [i], "duration_ms": 20})),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_a_worker_mid_message_and_its_work_is_redelivered_to_the_other() {
+    let fast = env(&[("TPS_ACK_WAIT", "2s"), ("TPS_NUM_WORKERS", "4")]);
+    let mut stack = Stack::start_with(StackOptions {
+        fast_env: fast.clone(),
+        ..Default::default()
+    })
+    .await;
+    stack.add_worker("fast", "worker-fast-2", &fast).await;
+    // The pool's workers own its consumers' settings, even though the
+    // gateway (started first, with the default 30 s) created them.
+    let js =
+        async_nats::jetstream::new(async_nats::connect(stack.nats.url.as_str()).await.unwrap());
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(format!("TPS_WORK_FAST_{}", stack.namespace))
+        .await
+        .unwrap()
+        .get_consumer("worker-fast-p1")
+        .await
+        .unwrap();
+    assert_eq!(
+        consumer.info().await.unwrap().config.ack_wait,
+        Duration::from_secs(2)
+    );
+    let load = start_load(
+        stack.gateway.url("grpc"),
+        25,
+        Duration::from_secs(6),
+        fast_execute,
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack.worker_fast.kill();
+    let killed_at = Instant::now();
+    let report = load.await.unwrap();
+    let ledger = settle(&stack, &report, killed_at).await;
+    assert_ledger("sigkill-worker", &ledger, &[], &report);
+    let survivor = stack.extra_workers[0].metrics().await;
+    assert!(
+        prom::sum(&survivor, "tps_worker_redeliveries_total", &[]) >= 1.0,
+        "the killed replica's unacked work was redelivered to the survivor"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_the_aggregator_and_it_rebuilds_its_counts_by_replay() {
+    let mut stack = Stack::start().await;
+    let load = start_load(stack.gateway.url("grpc"), 30, Duration::from_secs(5), mixed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = stack.aggregator.stop(Duration::from_secs(10)).await;
+    assert!(status.success());
+    stack.aggregator.respawn();
+    stack.aggregator.wait_serving().await;
+    let restarted_at = Instant::now();
+    let report = load.await.unwrap();
+    // settle() checks the restarted aggregator's total equals the ledger.
+    let ledger = settle(&stack, &report, restarted_at).await;
+    assert_ledger("restart-aggregator", &ledger, &[], &report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_the_gateway_mid_load_and_nothing_acknowledged_is_lost() {
+    let mut stack = Stack::start().await;
+    let load = start_load(stack.gateway.url("grpc"), 30, Duration::from_secs(6), mixed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = stack.gateway.stop(Duration::from_secs(10)).await;
+    assert!(status.success(), "the gateway stops cleanly: {status}");
+    stack.gateway.respawn();
+    stack.gateway.wait_serving().await;
+    let restarted_at = Instant::now();
+    let report = load.await.unwrap();
+    let ledger = settle(&stack, &report, restarted_at).await;
+    // While it was down, calls failed at the transport (nothing was
+    // acknowledged for them); in-flight calls were answered before it exited.
+    assert_ledger(
+        "restart-gateway",
+        &ledger,
+        &["Unavailable", "Cancelled"],
+        &report,
+    );
+    assert!(
+        report.refused_total() > 0,
+        "the outage was seen by the load"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_in_the_slow_pool_leaves_the_fast_pool_within_its_slo() {
+    let stack = Stack::start_with(StackOptions {
+        slow_env: env(&[
+            ("TPS_CB_SLOW_CALL", "300ms"),
+            ("TPS_CB_THRESHOLD", "3"),
+            ("TPS_CB_TIMEOUT", "1s"),
+        ]),
+        ..Default::default()
+    })
+    .await;
+    let mut slow_pool = stack.worker_slow.pool_client().await;
+    let latency = Fault {
+        added_latency_ms: 1000,
+        error_rate: 0.0,
+    };
+    slow_pool
+        .set_fault(admin(SetFaultRequest {
+            fault: Some(latency),
+        }))
+        .await
+        .unwrap();
+    let load = start_load(stack.gateway.url("grpc"), 30, Duration::from_secs(5), mixed);
+    let report = load.await.unwrap();
+    // chaos-stop
+    slow_pool
+        .set_fault(admin(SetFaultRequest {
+            fault: Some(Fault::default()),
+        }))
+        .await
+        .unwrap();
+    let stopped_at = Instant::now();
+    let ledger = settle(&stack, &report, stopped_at).await;
+    assert_ledger("slow-pool-latency", &ledger, &[], &report);
+
+    let metrics = stack.worker_slow.metrics().await;
+    assert!(
+        prom::sum(&metrics, "tps_circuit_transitions_total", &[("to", "open")]) >= 1.0,
+        "the slow pool's breaker opened"
+    );
+    // Fast-pool lead times (submit → result) stay within 1 s at p99.
+    let mut fast: Vec<f64> = ledger
+        .finals
+        .values()
+        .filter(|s| s.signal.as_ref().is_some_and(|g| g.pool() == Pool::Fast))
+        .map(|s| {
+            let submitted = s.signal.as_ref().unwrap().submitted_at.unwrap();
+            let finished = s.finished_at.unwrap();
+            let a = SystemTime::try_from(submitted).unwrap();
+            let b = SystemTime::try_from(finished).unwrap();
+            b.duration_since(a).unwrap_or_default().as_secs_f64()
+        })
+        .collect();
+    fast.sort_by(f64::total_cmp);
+    assert!(!fast.is_empty());
+    let p99 = fast[((fast.len() as f64 * 0.99).ceil() as usize).min(fast.len()) - 1];
+    println!(
+        "slow-pool-latency: fast-pool lead time p99 = {:.0} ms over {} signals",
+        p99 * 1000.0,
+        fast.len()
+    );
+    assert!(
+        p99 < 1.0,
+        "fast-pool p99 lead time {p99:.3}s breaks its 1 s SLO"
+    );
+}
