@@ -7,6 +7,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 CARGO        ?= cargo
+TARGET_DIR   ?= $(or $(CARGO_TARGET_DIR),target)
 # The gateway's HTTP/JSON facade (what `make run-local` starts on 127.0.0.1:8080).
 GATEWAY_HTTP ?= http://127.0.0.1:8080
 CURL         ?= curl -sS --fail-with-body --max-time 10
@@ -14,7 +15,6 @@ CURL         ?= curl -sS --fail-with-body --max-time 10
 FMT_CHECK_FLAGS := $(if $(CI),-- --color never,)
 
 # Later issues; the targets below name them.
-ISSUE_CHAOS  := 5 (RabbitMQ fallback and chaos that loses nothing)
 ISSUE_OBSERVE := 6 (observability: traces, metrics, dashboards, alerts)
 ISSUE_DEPLOY := 8 (deployment: compose stack, offline images, Kubernetes)
 ISSUE_LOAD   := 9 (load generator and benchmarks)
@@ -114,23 +114,31 @@ stress-test: ## Ramp the load until the system refuses work (not yet)
 
 ##@ Chaos
 
-chaos: ## Run the chaos scenarios (not yet)
-	@$(call NOT_YET,$(ISSUE_CHAOS))
+# Against a running `make run-local` (its run dir .run/, by pid and address).
+# Faults need the admin token the services were started with: export
+# TPS_ADMIN_TOKEN before both. The deployment issue adds the compose variants.
+TPSCTL  ?= $(if $(wildcard $(TARGET_DIR)/release/tpsctl),$(TARGET_DIR)/release/tpsctl,$(CARGO) run --release -q --bin tpsctl --)
+LATENCY ?= 5000
+POOL    ?= fast
+DOWNSTREAM_POOL ?= slow
 
-chaos-crash-worker: ## Kill a worker mid-message (not yet)
-	@$(call NOT_YET,$(ISSUE_CHAOS))
+chaos: ## Run the chaos scenarios in turn while load runs (not yet: needs tpsctl load)
+	@$(call NOT_YET,$(ISSUE_LOAD))
 
-chaos-queue-down: ## Stop NATS: fall back to RabbitMQ (not yet)
-	@$(call NOT_YET,$(ISSUE_CHAOS))
+chaos-crash-worker: ## SIGKILL one worker (POOL=fast|slow); run-local restarts it, its work is redelivered
+	$(TPSCTL) chaos crash-worker --pool $(POOL)
 
-chaos-queue-recover: ## Bring NATS back (not yet)
-	@$(call NOT_YET,$(ISSUE_CHAOS))
+chaos-queue-down: ## Stop NATS and keep it down (until chaos-queue-recover)
+	$(TPSCTL) chaos queue-down
 
-chaos-downstream: ## Slow or failing downstream, e.g. LATENCY=5000 (not yet)
-	@$(call NOT_YET,$(ISSUE_CHAOS))
+chaos-queue-recover: ## Let NATS come back (same port and store)
+	$(TPSCTL) chaos queue-recover
 
-chaos-cascade: ## Several faults at once (not yet)
-	@$(call NOT_YET,$(ISSUE_CHAOS))
+chaos-downstream: ## Latency in a pool's downstream, e.g. LATENCY=5000 DOWNSTREAM_POOL=slow
+	$(TPSCTL) chaos downstream --latency-ms $(LATENCY) --pool $(DOWNSTREAM_POOL)
 
-chaos-stop: ## Clear every injected fault (not yet)
-	@$(call NOT_YET,$(ISSUE_CHAOS))
+chaos-cascade: ## Latency in the slow pool while the fast pool must stay healthy (LATENCY=5000)
+	$(TPSCTL) chaos cascade --latency-ms $(LATENCY)
+
+chaos-stop: ## Clear every injected fault and release NATS
+	$(TPSCTL) chaos stop

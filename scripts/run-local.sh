@@ -10,8 +10,12 @@
 # tps-aggregator, waits until each has written its ports file (the addresses it
 # actually bound), prints them, then waits. Ctrl-C (or SIGTERM, or `stop`)
 # sends SIGTERM to the services, then to NATS, and waits for them to exit.
-# If any of them dies on its own, the script prints the tail of its log and
-# stops the rest.
+# Once everything is up it supervises: a process that dies (a crash, or
+# `make chaos-crash-worker`) is restarted with the same settings, as a
+# container's restart policy would; one held down on purpose (a file
+# <name>.down in the run directory, written by `tpsctl chaos queue-down`) is
+# left down until that file is removed. A process that keeps dying (more than
+# 10 restarts) stops the run. During start-up any death stops the run.
 #
 # Everything it writes goes to the run directory (default .run/, gitignored):
 #   pids                "name pid executable" per line (the supervisor included)
@@ -251,11 +255,16 @@ if ! port_free "127.0.0.1:$NATS_PORT"; then
 fi
 mkdir -p "$RUN_DIR/nats-store"
 : >"$RUN_DIR/nats.log"
-"$NATS_SERVER" -js -n tps-local -a 127.0.0.1 -p "$NATS_PORT" \
-    -sd "$RUN_DIR/nats-store" -l "$RUN_DIR/nats.log" </dev/null >"$RUN_DIR/nats.out" 2>&1 &
-NATS_PID=$!
-printf 'nats %s %s\n' "$NATS_PID" "$(basename "$NATS_SERVER")" >>"$PIDS_FILE"
-log "nats-server pid $NATS_PID on 127.0.0.1:$NATS_PORT (JetStream store $RUN_DIR/nats-store)"
+rm -f "$RUN_DIR"/*.down
+start_nats() {
+    "$NATS_SERVER" -js -n tps-local -a 127.0.0.1 -p "$NATS_PORT" \
+        -sd "$RUN_DIR/nats-store" -l "$RUN_DIR/nats.log" </dev/null >>"$RUN_DIR/nats.out" 2>&1 &
+    NATS_PID=$!
+    printf 'nats %s %s\n' "$NATS_PID" "$(basename "$NATS_SERVER")" >>"$PIDS_FILE"
+    log "nats-server pid $NATS_PID on 127.0.0.1:$NATS_PORT (JetStream store $RUN_DIR/nats-store)"
+}
+: >"$RUN_DIR/nats.out"
+start_nats
 
 deadline=$((SECONDS + 15))
 until (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null; do
@@ -278,7 +287,7 @@ start() {
     shift 5
     local -a envs=(TPS_GRPC_ADDR="$grpc" TPS_METRICS_ADDR="$metrics" TPS_PORTS_FILE="$RUN_DIR/$name.ports")
     [[ $http != - ]] && envs+=(TPS_HTTP_ADDR="$http")
-    : >"$RUN_DIR/$name.log"
+    [[ -n ${RESTARTING:-} ]] || : >"$RUN_DIR/$name.log"
     # `env` execs the binary, so $! is the service's own pid.
     env -u TPS_HTTP_ADDR "${envs[@]}" "$BIN_DIR/$exe" "$@" </dev/null >>"$RUN_DIR/$name.log" 2>&1 &
     local pid=$!
@@ -286,10 +295,19 @@ start() {
     log "$name pid $pid ($exe${*:+ $*}), log $RUN_DIR/$name.log"
 }
 
-start gateway "$GATEWAY_GRPC_ADDR" "$GATEWAY_HTTP_ADDR" "$GATEWAY_METRICS_ADDR" tps-gateway
-start worker-fast "$WORKER_FAST_GRPC_ADDR" - "$WORKER_FAST_METRICS_ADDR" tps-worker --pool fast
-start worker-slow "$WORKER_SLOW_GRPC_ADDR" - "$WORKER_SLOW_METRICS_ADDR" tps-worker --pool slow
-start aggregator "$AGGREGATOR_GRPC_ADDR" - "$AGGREGATOR_METRICS_ADDR" tps-aggregator
+# launch NAME: start one of the processes with its settings (first time or again).
+launch() {
+    case $1 in
+    nats) start_nats ;;
+    gateway) start gateway "$GATEWAY_GRPC_ADDR" "$GATEWAY_HTTP_ADDR" "$GATEWAY_METRICS_ADDR" tps-gateway ;;
+    worker-fast) start worker-fast "$WORKER_FAST_GRPC_ADDR" - "$WORKER_FAST_METRICS_ADDR" tps-worker --pool fast ;;
+    worker-slow) start worker-slow "$WORKER_SLOW_GRPC_ADDR" - "$WORKER_SLOW_METRICS_ADDR" tps-worker --pool slow ;;
+    aggregator) start aggregator "$AGGREGATOR_GRPC_ADDR" - "$AGGREGATOR_METRICS_ADDR" tps-aggregator ;;
+    esac
+}
+for s in "${SERVICES[@]}"; do
+    launch "$s"
+done
 
 # A process that is gone: print its log tail and fail (the EXIT trap stops the rest).
 check_alive() {
@@ -368,12 +386,29 @@ EOF
     echo
 }
 
-# --- wait until told to stop, or until something dies ------------------------
+# --- supervise until told to stop ----------------------------------------------
+# Every half second: restart what died, unless it is held down on purpose.
+declare -A RESTARTS=()
+export RESTARTING=1
 while :; do
-    rc=0
-    wait -n || rc=$?
-    # A signal interrupts `wait` and runs its trap, which exits; getting here
-    # means a child ended by itself.
-    check_alive || die "a process exited unexpectedly; stopping the rest"
-    ((rc == 127)) && die "no processes left to wait for"
+    # In the background so a signal's trap runs at once.
+    sleep 0.5 &
+    wait $! || true
+    mapfile -t records <"$PIDS_FILE"
+    for record in "${records[@]}"; do
+        read -r name pid _ <<<"$record"
+        [[ $name == supervisor ]] && continue
+        is_running "$pid" && continue
+        [[ -e $RUN_DIR/$name.down ]] && continue
+        status=0
+        wait "$pid" 2>/dev/null || status=$?
+        RESTARTS[$name]=$((${RESTARTS[$name]:-0} + 1))
+        if ((RESTARTS[$name] > 10)); then
+            tail -n 40 "$RUN_DIR/$name.log" | sed 's/^/    /' >&2 || true
+            die "$name keeps exiting (10 restarts); stopping the rest"
+        fi
+        log "$name (pid $pid) exited (status $status); restarting it (restart ${RESTARTS[$name]})"
+        grep -v "^$name $pid " "$PIDS_FILE" >"$PIDS_FILE.tmp" && mv "$PIDS_FILE.tmp" "$PIDS_FILE"
+        launch "$name"
+    done
 done

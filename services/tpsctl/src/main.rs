@@ -7,6 +7,7 @@
 //! tpsctl circuit get|open|reset                       # the gateway's breaker
 //! tpsctl pool --worker http://127.0.0.1:50052 get|pause|resume|drain|fault
 //! tpsctl dlq list|replay
+//! tpsctl chaos crash-worker|queue-down|queue-recover|downstream|cascade|stop   # against make run-local
 //! ```
 //!
 //! Output is JSON (one object per line for `watch`). Exit codes: 0 success;
@@ -14,6 +15,7 @@
 //! `watch` ended in a terminal state other than SUCCEEDED.
 
 mod admin;
+mod chaos;
 mod commands;
 
 use clap::{Parser, Subcommand};
@@ -68,6 +70,14 @@ enum Command {
         #[command(subcommand)]
         command: admin::DlqCommand,
     },
+    /// Break a `make run-local` stack on purpose (and mend it).
+    Chaos {
+        /// run-local's run directory.
+        #[arg(long, default_value = ".run")]
+        run_dir: std::path::PathBuf,
+        #[command(subcommand)]
+        command: chaos::ChaosCommand,
+    },
 }
 
 #[tokio::main]
@@ -85,6 +95,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Dlq { command } => {
             admin::dlq(&cli.gateway, cli.admin_token.as_deref(), command).await
+        }
+        Command::Chaos { run_dir, command } => {
+            chaos::run(run_dir, cli.admin_token.as_deref(), command).await
         }
     };
     match code {
