@@ -242,6 +242,7 @@ cleanup() {
 # Ctrl-C, SIGTERM and `stop` are the normal way to end a run: exit 0.
 trap 'cleanup; exit 0' INT
 trap 'cleanup; exit 0' TERM
+# shellcheck disable=SC2154 # rc is assigned inside the trap itself
 trap 'rc=$?; cleanup; exit $rc' EXIT
 
 printf 'supervisor %s run-local.sh\n' "$$" >"$PIDS_FILE"
