@@ -249,7 +249,7 @@ impl Core {
             .status(&id)
             .await?
             .ok_or_else(|| ApiError::NotFound(id.clone()))?;
-        let previous = entry.status;
+        let previous = &entry.status;
         let state = previous.state();
         if !matches!(
             state,
@@ -272,39 +272,14 @@ impl Core {
         let attempt = previous.attempt + 1;
         let span = tracing::info_span!("retry", signal.id = %id, attempt);
         let trace_id = tps_runtime::telemetry::trace_id(&span);
-        let queued = SignalStatus {
-            signal: Some(signal.clone()),
-            state: SignalState::Queued as i32,
+        self.requeue(
+            &entry,
+            &signal,
             attempt,
-            message: format!("queued for attempt {attempt}"),
-            trace_id: trace_id.clone(),
-            updated_at: Some(now()),
-            ..Default::default()
-        };
-        // Compare-and-set: two concurrent retries cannot both enqueue.
-        if !self.queue.update_status(&queued, entry.revision).await? {
-            return Err(ApiError::Conflict(format!(
-                "signal {id} changed while retrying; read it again"
-            )));
-        }
-        let trace = tps_runtime::propagation::inject(&span);
-        let item = WorkItem {
-            signal: Some(signal),
-            attempt,
-            enqueued_at: Some(now()),
-            trace_context: trace.clone(),
-        };
-        if let Err(e) = self
-            .enqueue(item.clone(), trace.clone())
-            .instrument(span.clone())
-            .await
-        {
-            // Not enqueued: put the record back the way it was.
-            if let Err(restore) = self.queue.put_status(&previous).await {
-                tracing::error!(signal_id = %id, error = %restore, "could not restore status after a failed retry");
-            }
-            return Err(e);
-        }
+            format!("queued for attempt {attempt}"),
+            &span,
+        )
+        .await?;
         self.metrics
             .retried
             .with_label_values(&[names::pool(pool)])
@@ -316,10 +291,7 @@ impl Core {
             state: SignalState::Queued as i32,
             trace_id,
             duplicate: false,
-            subject: self
-                .queue
-                .names()
-                .work_subject(pool, item_priority(&queued)),
+            subject: self.queue.names().work_subject(pool, signal.priority),
             attempt,
         })
     }
@@ -334,6 +306,65 @@ impl Core {
             ));
         }
         out
+    }
+
+    /// Records `signal` as QUEUED for `attempt` (compare-and-set against the
+    /// record read as `entry`) and enqueues it. If it cannot be enqueued,
+    /// the record is put back as it was (again compare-and-set), so a
+    /// refused retry leaves nothing half-stored. A publish the broker calls
+    /// a duplicate means this attempt was already enqueued once: a conflict.
+    async fn requeue(
+        &self,
+        entry: &tps_queue::StatusEntry,
+        signal: &Signal,
+        attempt: u32,
+        message: String,
+        span: &tracing::Span,
+    ) -> Result<(), ApiError> {
+        let id = signal.id.clone();
+        let queued = SignalStatus {
+            signal: Some(signal.clone()),
+            state: SignalState::Queued as i32,
+            attempt,
+            message,
+            trace_id: tps_runtime::telemetry::trace_id(span),
+            updated_at: Some(now()),
+            ..Default::default()
+        };
+        let conflict =
+            || ApiError::Conflict(format!("signal {id} changed meanwhile; read it again"));
+        let revision = self
+            .queue
+            .update_status(&queued, entry.revision)
+            .await?
+            .ok_or_else(conflict)?;
+        let trace = tps_runtime::propagation::inject(span);
+        let item = WorkItem {
+            signal: Some(signal.clone()),
+            attempt,
+            enqueued_at: Some(now()),
+            trace_context: trace.clone(),
+        };
+        let failure = match self.enqueue(item, trace).instrument(span.clone()).await {
+            Ok(false) => return Ok(()),
+            Ok(true) => conflict(),
+            Err(e) => e,
+        };
+        match self.queue.update_status(&entry.status, revision).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                tracing::warn!(signal_id = %id, "status moved on before it could be restored")
+            }
+            Err(e) => tracing::error!(signal_id = %id, error = %e, "could not restore the status"),
+        }
+        Err(failure)
+    }
+
+    /// Removes a dead letter; one already gone (a concurrent replay) is fine.
+    async fn forget_dead_letter(&self, seq: u64) {
+        if let Err(e) = self.queue.delete_dead_letter(seq).await {
+            tracing::debug!(seq, error = %e, "dead letter already removed");
+        }
     }
 
     /// Publishes through the breaker-guarded publish path.
@@ -407,33 +438,23 @@ impl Core {
             }
             if previous.state() != SignalState::DeadLettered {
                 // Already replayed or retried: the dead letter is stale.
-                self.queue.delete_dead_letter(seq).await?;
+                self.forget_dead_letter(seq).await;
                 continue;
             }
-            let attempt = previous.attempt + 1;
-            let span = tracing::info_span!("replay", signal.id = %signal.id, attempt);
-            let trace = tps_runtime::propagation::inject(&span);
-            let queued = SignalStatus {
-                signal: Some(signal.clone()),
-                state: SignalState::Queued as i32,
-                attempt,
-                message: format!("replayed from the dead-letter queue as attempt {attempt}"),
-                trace_id: tps_runtime::telemetry::trace_id(&span),
-                updated_at: Some(now()),
-                ..Default::default()
+            // Read it again: the listing is a snapshot.
+            let Some(entry) = self.queue.status(&signal.id).await? else {
+                continue;
             };
-            self.queue.put_status(&queued).await?;
-            let item = WorkItem {
-                signal: Some(signal.clone()),
-                attempt,
-                enqueued_at: Some(now()),
-                trace_context: trace.clone(),
-            };
-            if let Err(e) = self.enqueue(item, trace).instrument(span.clone()).await {
-                let _ = self.queue.put_status(&previous).await;
-                return Err(e);
+            if entry.status.state() != SignalState::DeadLettered {
+                self.forget_dead_letter(seq).await;
+                continue;
             }
-            self.queue.delete_dead_letter(seq).await?;
+            let attempt = entry.status.attempt + 1;
+            let span = tracing::info_span!("replay", signal.id = %signal.id, attempt);
+            let message = format!("replayed from the dead-letter queue as attempt {attempt}");
+            self.requeue(&entry, &signal, attempt, message, &span)
+                .await?;
+            self.forget_dead_letter(seq).await;
             span.in_scope(
                 || tracing::info!(signal_id = %signal.id, attempt, "dead letter replayed"),
             );
@@ -441,13 +462,6 @@ impl Core {
         }
         Ok(replayed)
     }
-}
-
-fn item_priority(status: &SignalStatus) -> u32 {
-    status
-        .signal
-        .as_ref()
-        .map_or(validate::DEFAULT_PRIORITY, |s| s.priority)
 }
 
 fn response_from_status(status: &SignalStatus, core: &Core, duplicate: bool) -> SubmitResponse {

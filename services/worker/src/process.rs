@@ -22,6 +22,8 @@ use crate::Worker;
 
 /// How long a failed publish waits before the broker redelivers.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// Compare-and-set attempts before an item is handed back.
+const CAS_TRIES: usize = 5;
 
 fn now() -> Timestamp {
     Timestamp::from(SystemTime::now())
@@ -104,53 +106,34 @@ async fn process(worker: &Worker, message: &Message, item: WorkItem, delivered: 
         worker.metrics.redeliveries.with_label_values(&[pool]).inc();
     }
 
-    // Idempotency: a redelivered item whose result is already recorded (the
-    // status turns terminal only after the result is durable) is just acked.
-    let existing = match worker.queue.status(&signal.id).await {
-        Ok(e) => e.map(|e| e.status),
-        Err(e) => {
-            tracing::warn!(error = %e, "status unreadable; will retry");
+    // Claim the signal for this attempt (compare-and-set on its status).
+    let (mut status, revision) = match claim(worker, &item, delivered).await {
+        Claim::Run { status, revision } => (status, revision),
+        Claim::Done(done) => {
+            // Decided earlier (a crash or lost ack came between the status
+            // and the ack): make sure its result is out, then ack.
+            tracing::info!(
+                state = names::state(done.state()),
+                "already decided; completing the redelivery"
+            );
+            publish_and_ack(worker, message, &item, &done, delivered).await;
+            return;
+        }
+        Claim::Stale => {
+            tracing::info!("a newer attempt exists; acking this stale delivery");
+            ack(worker, message, AckKind::Ack).await;
+            return;
+        }
+        Claim::Unavailable => {
             ack(worker, message, AckKind::Nak(Some(RETRY_DELAY))).await;
             return;
         }
     };
-    if let Some(s) = &existing
-        && s.attempt >= item.attempt
-        && is_terminal(s.state())
-    {
-        tracing::info!("already done; acking the redelivery");
-        ack(worker, message, AckKind::Ack).await;
-        return;
-    }
     worker
         .metrics
         .queue_wait
         .with_label_values(&[pool])
         .observe(elapsed_since(&item.enqueued_at).unwrap_or(0.0));
-
-    let trace_id = existing
-        .as_ref()
-        .map(|s| s.trace_id.clone())
-        .filter(|t| !t.is_empty())
-        .unwrap_or_else(tps_runtime::telemetry::current_trace_id);
-    let started_at = now();
-    let mut status = SignalStatus {
-        signal: Some(signal.clone()),
-        state: SignalState::Running as i32,
-        attempt: item.attempt,
-        message: format!(
-            "running on {} (delivery {delivered})",
-            worker.config.common.instance_id
-        ),
-        worker_id: worker.config.common.instance_id.clone(),
-        trace_id,
-        updated_at: Some(started_at),
-        started_at: Some(started_at),
-        ..Default::default()
-    };
-    if let Err(e) = worker.queue.put_status(&status).await {
-        tracing::warn!(error = %e, "could not record RUNNING; continuing");
-    }
 
     let outcome = if deadline_passed(&signal) {
         Outcome {
@@ -168,13 +151,13 @@ async fn process(worker: &Worker, message: &Message, item: WorkItem, delivered: 
                 status.message =
                     "handed back: this replica's line is stopped (breaker open)".into();
                 status.updated_at = Some(now());
-                let _ = worker.queue.put_status(&status).await;
+                let _ = worker.queue.update_status(&status, revision).await;
                 ack(worker, message, AckKind::Nak(Some(retry_after))).await;
                 return;
             }
             Err(CallError::Failed(reason)) => {
                 if delivered >= worker.config.kanban.max_deliver {
-                    dead_letter(worker, message, &item, status, delivered, &reason).await;
+                    dead_letter(worker, message, &item, status, revision, delivered, &reason).await;
                 } else {
                     let delay = worker.config.kanban.backoff(delivered);
                     tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "work failed; will be redelivered");
@@ -185,7 +168,8 @@ async fn process(worker: &Worker, message: &Message, item: WorkItem, delivered: 
                         worker.config.kanban.max_deliver
                     );
                     status.updated_at = Some(now());
-                    let _ = worker.queue.put_status(&status).await;
+                    // Informational; losing the race to another writer is fine.
+                    let _ = worker.queue.update_status(&status, revision).await;
                     ack(worker, message, AckKind::Nak(Some(delay))).await;
                 }
                 return;
@@ -193,9 +177,83 @@ async fn process(worker: &Worker, message: &Message, item: WorkItem, delivered: 
         }
     };
     finish(
-        worker, message, &item, status, outcome, delivered, started_at, pulled,
+        worker, message, &item, status, revision, outcome, delivered, pulled,
     )
     .await;
+}
+
+/// What the status says about this delivery.
+enum Claim {
+    /// Ours to run: RUNNING is recorded at `revision`.
+    Run { status: SignalStatus, revision: u64 },
+    /// This attempt already has its terminal status.
+    Done(SignalStatus),
+    /// A newer attempt exists; this delivery is left over.
+    Stale,
+    /// The bucket did not answer; try again later.
+    Unavailable,
+}
+
+/// Records RUNNING for this attempt, unless the status says it is decided or
+/// superseded. Compare-and-set, so two replicas holding the same delivery
+/// (an ack wait that ran out) cannot both believe they own it unseen.
+async fn claim(worker: &Worker, item: &WorkItem, delivered: u32) -> Claim {
+    let signal = item.signal.clone().unwrap_or_default();
+    for _ in 0..CAS_TRIES {
+        let entry = match worker.queue.status(&signal.id).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "status unreadable; will retry");
+                return Claim::Unavailable;
+            }
+        };
+        if let Some(e) = &entry {
+            if e.status.attempt > item.attempt {
+                return Claim::Stale;
+            }
+            if e.status.attempt == item.attempt && is_terminal(e.status.state()) {
+                return Claim::Done(e.status.clone());
+            }
+        }
+        let trace_id = entry
+            .as_ref()
+            .map(|e| e.status.trace_id.clone())
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(tps_runtime::telemetry::current_trace_id);
+        let started_at = now();
+        let running = SignalStatus {
+            signal: Some(signal.clone()),
+            state: SignalState::Running as i32,
+            attempt: item.attempt,
+            message: format!(
+                "running on {} (delivery {delivered})",
+                worker.config.common.instance_id
+            ),
+            worker_id: worker.config.common.instance_id.clone(),
+            trace_id,
+            updated_at: Some(started_at),
+            started_at: Some(started_at),
+            ..Default::default()
+        };
+        match worker
+            .queue
+            .write_status(&running, entry.map(|e| e.revision))
+            .await
+        {
+            Ok(Some(revision)) => {
+                return Claim::Run {
+                    status: running,
+                    revision,
+                };
+            }
+            Ok(None) => continue, // moved on meanwhile: look again
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record RUNNING; will retry");
+                return Claim::Unavailable;
+            }
+        }
+    }
+    Claim::Unavailable
 }
 
 fn deadline_passed(signal: &Signal) -> bool {
@@ -206,62 +264,75 @@ fn deadline_passed(signal: &Signal) -> bool {
         .is_some_and(|d| SystemTime::now() > d)
 }
 
-/// Durable result first, then the status, then the ack: a crash anywhere in
-/// between leads to a redelivery, never to a lost signal.
+/// The terminal status first (compare-and-set: the first decision for an
+/// attempt wins, and a late second replica adopts it), then the result built
+/// from that status, then the ack. A crash after the status leads to a
+/// redelivery that finds the decision and publishes the same result again
+/// (the broker drops the duplicate): one outcome per attempt, never lost.
 #[allow(clippy::too_many_arguments)]
 async fn finish(
     worker: &Worker,
     message: &Message,
     item: &WorkItem,
     mut status: SignalStatus,
+    mut revision: u64,
     outcome: Outcome,
     delivered: u32,
-    started_at: Timestamp,
     pulled: Instant,
 ) {
     let pool = names::pool(worker.pool());
     let signal = item.signal.clone().unwrap_or_default();
     let finished_at = now();
-    let result = WorkResult {
-        signal_id: signal.id.clone(),
-        r#type: signal.r#type,
-        pool: signal.pool,
-        priority: signal.priority,
-        attempt: item.attempt,
-        state: outcome.state as i32,
-        message: outcome.message.clone(),
-        output: outcome.output.clone(),
-        worker_id: worker.config.common.instance_id.clone(),
-        delivery_count: delivered,
-        submitted_at: signal.submitted_at,
-        enqueued_at: item.enqueued_at,
-        started_at: Some(started_at),
-        finished_at: Some(finished_at),
-        trace_context: tps_runtime::propagation::inject(&tracing::Span::current()),
-    };
-    if let Err(e) = worker
-        .queue
-        .publish_result(&result, &result.trace_context)
-        .await
-    {
-        tracing::warn!(error = %e, "result not stored; the item will be redelivered");
-        ack(worker, message, AckKind::Nak(Some(RETRY_DELAY))).await;
-        return;
-    }
     status.state = outcome.state as i32;
     status.message = outcome.message;
     status.output = outcome.output;
     status.updated_at = Some(finished_at);
     status.finished_at = Some(finished_at);
-    if let Err(e) = worker.queue.put_status(&status).await {
-        tracing::warn!(error = %e, "status not stored; the item will be redelivered");
+    let mut decided = None;
+    for _ in 0..CAS_TRIES {
+        match worker.queue.update_status(&status, revision).await {
+            Ok(Some(_)) => {
+                decided = Some((status.clone(), true));
+                break;
+            }
+            Ok(None) => match worker.queue.status(&signal.id).await {
+                Ok(Some(e)) if e.status.attempt > item.attempt => {
+                    tracing::info!("a newer attempt exists; dropping this outcome");
+                    ack(worker, message, AckKind::Ack).await;
+                    return;
+                }
+                Ok(Some(e)) if is_terminal(e.status.state()) => {
+                    decided = Some((e.status, false));
+                    break;
+                }
+                // Someone else is running it too (RUNNING over ours): the
+                // first decision wins, so try again from their revision.
+                Ok(Some(e)) => revision = e.revision,
+                Ok(None) | Err(_) => break,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "status not stored");
+                break;
+            }
+        }
+    }
+    let Some((decided, ours)) = decided else {
+        tracing::warn!("outcome not recorded; the item will be redelivered");
         ack(worker, message, AckKind::Nak(Some(RETRY_DELAY))).await;
         return;
+    };
+    if !ours {
+        tracing::info!(
+            state = names::state(decided.state()),
+            "another delivery decided first; adopting its outcome"
+        );
     }
-    ack(worker, message, AckKind::Ack).await;
+    if !publish_and_ack(worker, message, item, &decided, delivered).await || !ours {
+        return;
+    }
 
     let type_name = names::signal_type(signal.r#type());
-    let outcome_name = names::state(outcome.state);
+    let outcome_name = names::state(decided.state());
     worker
         .metrics
         .processed
@@ -274,13 +345,54 @@ async fn finish(
         .observe(pulled.elapsed().as_secs_f64());
     let c = &worker.counters;
     c.processed.fetch_add(1, Ordering::Relaxed);
-    match outcome.state {
+    match decided.state() {
         SignalState::Succeeded => c.succeeded.fetch_add(1, Ordering::Relaxed),
         SignalState::Expired => c.expired.fetch_add(1, Ordering::Relaxed),
         SignalState::DeadLettered => c.dead_lettered.fetch_add(1, Ordering::Relaxed),
         _ => c.failed.fetch_add(1, Ordering::Relaxed),
     };
     tracing::info!(outcome = outcome_name, "processed");
+}
+
+/// Publishes the result a terminal status describes, then acks. False if
+/// the result could not be stored (the item is handed back; its redelivery
+/// will publish it from the status).
+async fn publish_and_ack(
+    worker: &Worker,
+    message: &Message,
+    item: &WorkItem,
+    decided: &SignalStatus,
+    delivered: u32,
+) -> bool {
+    let signal = decided.signal.clone().unwrap_or_default();
+    let result = WorkResult {
+        signal_id: signal.id.clone(),
+        r#type: signal.r#type,
+        pool: signal.pool,
+        priority: signal.priority,
+        attempt: decided.attempt,
+        state: decided.state,
+        message: decided.message.clone(),
+        output: decided.output.clone(),
+        worker_id: decided.worker_id.clone(),
+        delivery_count: delivered,
+        submitted_at: signal.submitted_at,
+        enqueued_at: item.enqueued_at,
+        started_at: decided.started_at,
+        finished_at: decided.finished_at,
+        trace_context: tps_runtime::propagation::inject(&tracing::Span::current()),
+    };
+    if let Err(e) = worker
+        .queue
+        .publish_result(&result, &result.trace_context)
+        .await
+    {
+        tracing::warn!(error = %e, "result not stored; the item will be redelivered");
+        ack(worker, message, AckKind::Nak(Some(RETRY_DELAY))).await;
+        return false;
+    }
+    ack(worker, message, AckKind::Ack).await;
+    true
 }
 
 /// The last delivery failed too: keep the item in TPS_DLQ for an operator,
@@ -290,6 +402,7 @@ async fn dead_letter(
     message: &Message,
     item: &WorkItem,
     status: SignalStatus,
+    revision: u64,
     delivered: u32,
     reason: &str,
 ) {
@@ -316,15 +429,14 @@ async fn dead_letter(
         message: format!("dead-lettered after {delivered} deliveries: {reason}"),
         output: None,
     };
-    let started_at = status.started_at.unwrap_or_else(now);
     finish(
         worker,
         message,
         item,
         status,
+        revision,
         outcome,
         delivered,
-        started_at,
         Instant::now(),
     )
     .await;

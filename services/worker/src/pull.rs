@@ -75,6 +75,11 @@ pub async fn run(worker: Arc<Worker>, tracker: &TaskTracker) -> Result<(), Start
         if *line.borrow() != Line::Running {
             continue;
         }
+        // The wait for a handler can be long: ask the breaker again now.
+        let admits = worker.breaker.admits();
+        if admits == 0 {
+            continue;
+        }
         let free = (1 + worker.permits.available_permits() as u32).min(admits) as usize;
         let mut first = Some(first);
         let mut taken = 0;

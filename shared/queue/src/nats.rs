@@ -448,47 +448,49 @@ impl Queue {
         }
     }
 
-    /// Stores a status only if none exists yet; returns false if one did.
-    pub async fn create_status(&self, status: &SignalStatus) -> Result<bool, QueueError> {
+    /// Stores a status only if none exists yet: its revision, or None if
+    /// one did.
+    pub async fn create_status(&self, status: &SignalStatus) -> Result<Option<u64>, QueueError> {
         match self
             .status
             .create(status_key(status)?, status.encode_to_vec().into())
             .await
         {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
             Err(e) => Err(broker(e)),
         }
     }
 
-    /// Stores a status unconditionally.
-    pub async fn put_status(&self, status: &SignalStatus) -> Result<u64, QueueError> {
-        self.status
-            .put(status_key(status)?, status.encode_to_vec().into())
-            .await
-            .map_err(broker)
-    }
-
-    /// Stores a status if the record is still at `revision`; false if it moved on.
+    /// Stores a status if the record is still at `revision` (compare and
+    /// set): the new revision, or None if the record moved on.
     pub async fn update_status(
         &self,
         status: &SignalStatus,
         revision: u64,
-    ) -> Result<bool, QueueError> {
+    ) -> Result<Option<u64>, QueueError> {
         match self
             .status
             .update(status_key(status)?, status.encode_to_vec().into(), revision)
             .await
         {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
             Err(e) => Err(broker(e)),
         }
     }
 
-    /// Removes a status (a signal the gateway could not make durable).
-    pub async fn delete_status(&self, id: &str) -> Result<(), QueueError> {
-        self.status.purge(id).await.map_err(broker)
+    /// Writes `status` with compare-and-set, starting from `revision` (None:
+    /// the record must not exist yet).
+    pub async fn write_status(
+        &self,
+        status: &SignalStatus,
+        revision: Option<u64>,
+    ) -> Result<Option<u64>, QueueError> {
+        match revision {
+            Some(r) => self.update_status(status, r).await,
+            None => self.create_status(status).await,
+        }
     }
 
     /// The current status of `id` (if any), then every change.
