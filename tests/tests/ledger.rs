@@ -195,3 +195,89 @@ async fn latency_in_the_slow_pool_leaves_the_fast_pool_within_its_slo() {
         "fast-pool p99 lead time {p99:.3}s breaks its 1 s SLO"
     );
 }
+
+/// Publishes `item` straight onto the pool's work subject, as a broker
+/// redelivery (or an operator's mistake) would bring it back.
+async fn inject(stack: &Stack, item: &tps_proto::v1::WorkItem, msg_id: &str) {
+    use prost::Message as _;
+    let js =
+        async_nats::jetstream::new(async_nats::connect(stack.nats.url.as_str()).await.unwrap());
+    let signal = item.signal.as_ref().unwrap();
+    let subject = format!(
+        "tps-{}.work.{}.p{}",
+        stack.namespace,
+        tps_domain::names::pool(signal.pool()),
+        signal.priority
+    );
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", msg_id);
+    js.publish_with_headers(subject, headers, item.encode_to_vec().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_or_stale_delivery_changes_nothing() {
+    use tps_proto::v1::{GetRequest, RetryRequest, SignalState, WorkItem};
+    let stack = Stack::start().await;
+    let mut client = stack.signals().await;
+    // A signal that fails validation, retried once: attempt 2 is the latest.
+    let id = client
+        .submit(SubmitRequest {
+            r#type: SignalType::Validate as i32,
+            priority: 2,
+            payload: to_struct(&json!({"data": "not numbers"})),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    tps_e2e::wait_terminal(&mut client, &id).await;
+    client.retry(RetryRequest { id: id.clone() }).await.unwrap();
+    let latest = tps_e2e::wait_terminal(&mut client, &id).await;
+    assert_eq!((latest.attempt, latest.state()), (2, SignalState::Failed));
+
+    // Attempt 1 comes back (stale), and attempt 2 comes back (already decided).
+    let signal = latest.signal.clone().unwrap();
+    for (attempt, msg_id) in [(1, "stale-1"), (2, "again-2")] {
+        let item = WorkItem {
+            signal: Some(signal.clone()),
+            attempt,
+            ..Default::default()
+        };
+        inject(&stack, &item, msg_id).await;
+    }
+    // Both are acked without effect: the queue empties, nothing is re-run.
+    tps_e2e::eventually(
+        Duration::from_secs(10),
+        "both deliveries to be acked",
+        || {
+            let stack = &stack;
+            async move {
+                let m = stack.worker_fast.metrics().await;
+                (prom::sum(&m, "tps_worker_acks_total", &[("kind", "ack")]) >= 4.0).then_some(())
+            }
+        },
+    )
+    .await;
+    let metrics = stack.worker_fast.metrics().await;
+    assert_eq!(
+        prom::sum(&metrics, "tps_worker_processed_total", &[]),
+        2.0,
+        "ran twice, not more"
+    );
+    let now = client
+        .get(GetRequest { id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((now.attempt, now.state()), (2, SignalState::Failed));
+    assert_eq!(
+        now.updated_at, latest.updated_at,
+        "the record was not touched"
+    );
+    assert_eq!(tps_e2e::ledger::duplicate_results(&stack).await, 0);
+}
