@@ -24,7 +24,7 @@ fn fast_execute(i: usize) -> SubmitRequest {
         r#type: SignalType::Execute as i32,
         priority: 1 + (i % 4) as u32,
         pool: Pool::Fast as i32,
-        payload: to_struct(&json!({"duration_ms": 150, "i": i})),
+        payload: to_struct(&json!({"duration_ms": 300, "i": i})),
         ..Default::default()
     }
 }
@@ -75,6 +75,12 @@ async fn sigkill_a_worker_mid_message_and_its_work_is_redelivered_to_the_other()
         fast_execute,
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // Kill it while it holds work (mid-message), not between messages.
+    tps_e2e::eventually(Duration::from_secs(5), "worker-fast-1 to hold work", || {
+        let w = &stack.worker_fast;
+        async move { (prom::sum(&w.metrics().await, "tps_worker_busy", &[]) > 0.0).then_some(()) }
+    })
+    .await;
     stack.worker_fast.kill();
     let killed_at = Instant::now();
     let report = load.await.unwrap();

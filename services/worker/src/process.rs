@@ -156,15 +156,19 @@ async fn process(worker: &Worker, message: &Message, item: WorkItem, delivered: 
                 return;
             }
             Err(CallError::Failed(reason)) => {
-                if delivered >= worker.config.kanban.max_deliver {
+                // Counted in the status, not from the broker's delivery
+                // count, so hand-backs by a stopped line do not use up tries.
+                status.failures += 1;
+                let failures = status.failures;
+                if failures >= worker.config.kanban.max_deliver {
                     dead_letter(worker, message, &item, status, revision, delivered, &reason).await;
                 } else {
-                    let delay = worker.config.kanban.backoff(delivered);
+                    let delay = worker.config.kanban.backoff(failures);
                     tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "work failed; will be redelivered");
                     worker.metrics.retries.with_label_values(&[pool]).inc();
                     status.state = SignalState::Queued as i32;
                     status.message = format!(
-                        "delivery {delivered} of {} failed: {reason}; retrying in {delay:?}",
+                        "try {failures} of {} failed: {reason}; retrying in {delay:?}",
                         worker.config.kanban.max_deliver
                     );
                     status.updated_at = Some(now());
@@ -215,6 +219,11 @@ async fn claim(worker: &Worker, item: &WorkItem, delivered: u32) -> Claim {
                 return Claim::Done(e.status.clone());
             }
         }
+        // Failures of this attempt carry over from delivery to delivery.
+        let failures = entry
+            .as_ref()
+            .filter(|e| e.status.attempt == item.attempt)
+            .map_or(0, |e| e.status.failures);
         let trace_id = entry
             .as_ref()
             .map(|e| e.status.trace_id.clone())
@@ -233,6 +242,7 @@ async fn claim(worker: &Worker, item: &WorkItem, delivered: u32) -> Claim {
             trace_id,
             updated_at: Some(started_at),
             started_at: Some(started_at),
+            failures,
             ..Default::default()
         };
         match worker
@@ -395,8 +405,8 @@ async fn publish_and_ack(
     true
 }
 
-/// The last delivery failed too: keep the item in TPS_DLQ for an operator,
-/// then record the signal as DEAD_LETTERED like any other result.
+/// The last allowed try failed too: keep the item in TPS_DLQ for an
+/// operator, then record the signal as DEAD_LETTERED like any other result.
 async fn dead_letter(
     worker: &Worker,
     message: &Message,
@@ -423,10 +433,11 @@ async fn dead_letter(
         .dead_lettered
         .with_label_values(&[names::pool(worker.pool())])
         .inc();
-    tracing::error!(%reason, deliveries = delivered, "dead-lettered");
+    let failures = status.failures;
+    tracing::error!(%reason, failures, deliveries = delivered, "dead-lettered");
     let outcome = Outcome {
         state: SignalState::DeadLettered,
-        message: format!("dead-lettered after {delivered} deliveries: {reason}"),
+        message: format!("dead-lettered after {failures} failed tries: {reason}"),
         output: None,
     };
     finish(
