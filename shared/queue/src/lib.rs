@@ -13,6 +13,7 @@
 //! Streams, consumers and the bucket are created idempotently by whichever
 //! service starts first ([`Queue::connect`]).
 
+pub mod amqp;
 mod names;
 mod nats;
 

@@ -96,6 +96,21 @@ impl Names {
         format!("{}.result.{}", self.prefix(), tps_domain::names::pool(pool))
     }
 
+    /// RabbitMQ (the fallback): a pool's work queue, `tps.work.<pool>`.
+    pub fn amqp_work_queue(&self, pool: Pool) -> String {
+        format!("{}.work.{}", self.prefix(), tps_domain::names::pool(pool))
+    }
+
+    /// RabbitMQ: a pool's dead-letter queue, `tps.dlq.<pool>`.
+    pub fn amqp_dlq(&self, pool: Pool) -> String {
+        self.dlq_subject(pool)
+    }
+
+    /// RabbitMQ: the exchange rejected work is dead-lettered through.
+    pub fn amqp_dlx(&self) -> String {
+        format!("{}.dlx", self.prefix())
+    }
+
     /// The durable pull consumer of one priority of a pool, shared by the
     /// pool's replicas: `worker-fast-p1`.
     pub fn worker_consumer(&self, pool: Pool, priority: u32) -> String {
