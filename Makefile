@@ -43,6 +43,8 @@ test: ## fmt check, clippy -D warnings, build the binaries, then every test (nex
 	step() { local t0=$$SECONDS; echo "==> $$*"; "$$@"; echo "<== $$* ($$((SECONDS - t0))s)"; }; \
 	NATS_SERVER="$$(bash scripts/ensure-nats.sh)"; export NATS_SERVER; \
 	echo "NATS_SERVER=$$NATS_SERVER"; \
+	RABBITMQ_SERVER="$$(bash scripts/ensure-rabbitmq.sh)"; export RABBITMQ_SERVER; \
+	echo "RABBITMQ_SERVER=$$RABBITMQ_SERVER"; \
 	step $(CARGO) fmt --all --check $(FMT_CHECK_FLAGS); \
 	step $(CARGO) clippy --workspace --all-targets -- -D warnings; \
 	step $(CARGO) build --workspace --bins; \

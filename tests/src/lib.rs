@@ -12,6 +12,7 @@
 
 pub mod ledger;
 pub mod prom;
+pub mod rabbit;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

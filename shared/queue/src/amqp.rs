@@ -14,7 +14,9 @@ use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 use prost::Message;
 use tps_proto::v1::{Pool, WorkItem};
 
@@ -40,7 +42,9 @@ impl Rabbit {
     /// Connects and declares the topology (idempotent).
     pub async fn connect(url: &str, names: Names, client_name: &str) -> Result<Self, QueueError> {
         let properties = ConnectionProperties::default().with_connection_name(client_name.into());
-        let connection = Connection::connect(url, properties).await.map_err(unavailable)?;
+        let connection = Connection::connect(url, properties)
+            .await
+            .map_err(unavailable)?;
         let publisher = connection.create_channel().await.map_err(unavailable)?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
@@ -84,7 +88,10 @@ impl Rabbit {
                 "x-dead-letter-exchange".into(),
                 AMQPValue::LongString(names.amqp_dlx().into()),
             );
-            args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(dlq.into()));
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(dlq.into()),
+            );
             publisher
                 .queue_declare(names.amqp_work_queue(pool).into(), durable, args)
                 .await
@@ -154,7 +161,11 @@ impl Rabbit {
         prefetch: u16,
         tag: &str,
     ) -> Result<lapin::Consumer, QueueError> {
-        let channel = self.connection.create_channel().await.map_err(unavailable)?;
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
             .await
