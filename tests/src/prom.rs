@@ -1,4 +1,4 @@
-//! Reading a Prometheus text endpoint in tests.
+//! Reading the services' HTTP endpoints in tests: Prometheus text and JSON.
 
 use std::collections::BTreeMap;
 
@@ -49,6 +49,16 @@ pub fn sum(text: &str, name: &str, matching: &[(&str, &str)]) -> f64 {
         })
         .map(|s| s.value)
         .sum()
+}
+
+/// GETs `url` and parses the body as JSON (the HTTP facade's answers).
+pub async fn get_json(url: &str) -> serde_json::Value {
+    reqwest::get(url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
 }
 
 /// Fetches `url` (a /metrics endpoint) as text.

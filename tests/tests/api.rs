@@ -165,14 +165,7 @@ async fn bad_input_is_refused_with_every_field_named_on_both_transports() {
     assert_eq!(r.status(), 404);
 
     // Nothing invalid reached a queue; every refusal was counted.
-    let status: Value = http
-        .get(format!("{}/status", stack.http()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = tps_e2e::prom::get_json(&format!("{}/status", stack.http())).await;
     assert_eq!(status["signals"]["accepted_total"], 0);
     assert_eq!(status["signals"]["refused_total"], 5);
     assert_eq!(status["queues"]["fast"]["depth"], 0);

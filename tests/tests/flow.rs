@@ -168,14 +168,7 @@ async fn two_hundred_signals_over_grpc_and_http_all_reach_their_terminal_state()
 
     // The HTTP status endpoint agrees too.
     let (id, c) = &submitted[1];
-    let v: Value = http
-        .get(format!("{}/signal/{id}/status", stack.http()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = prom::get_json(&format!("{}/signal/{id}/status", stack.http())).await;
     assert_eq!(v["state"], tps_domain::names::state(c.outcome));
 
     // The aggregator counted every result, split by pool and outcome.

@@ -317,12 +317,7 @@ async fn drain_finishes_in_flight_work_and_leaves_the_rest_queued() {
     assert_eq!(drained.line(), LineState::Drained);
     assert_eq!(drained.busy, 0);
     assert_eq!(drained.processed, 2, "the two in flight finished");
-    let status: Value = reqwest::get(format!("{}/status", stack.http()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = prom::get_json(&format!("{}/status", stack.http())).await;
     assert_eq!(status["queues"]["slow"]["depth"], 3, "{status}");
     assert_eq!(stack.worker_slow.health().await, ServingStatus::NotServing);
 

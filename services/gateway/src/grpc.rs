@@ -11,11 +11,11 @@ use tps_domain::validate::FieldViolation;
 use tps_proto::v1::admin_service_server::AdminService;
 use tps_proto::v1::signal_service_server::SignalService;
 use tps_proto::v1::{
-    CircuitRequest, CircuitResponse, CircuitState, GetRequest, InfoRequest, InfoResponse,
-    ListDeadLettersRequest, ListDeadLettersResponse, Pool, QueueStatus, Refusal, ReplayRequest,
-    ReplayResponse, RetryRequest, ShutdownRequest, ShutdownResponse, SignalStatus, StatusRequest,
-    StatusResponse, SubmitRequest, SubmitResponse, SubmitStreamResponse, WatchRequest,
-    circuit_request, submit_stream_response,
+    CircuitRequest, CircuitResponse, GetRequest, InfoRequest, InfoResponse, ListDeadLettersRequest,
+    ListDeadLettersResponse, Pool, QueueStatus, Refusal, ReplayRequest, ReplayResponse,
+    RetryRequest, ShutdownRequest, ShutdownResponse, SignalStatus, StatusRequest, StatusResponse,
+    SubmitRequest, SubmitResponse, SubmitStreamResponse, WatchRequest, circuit_request,
+    submit_stream_response,
 };
 
 use crate::core::SharedCore;
@@ -31,15 +31,7 @@ pub struct Admin(pub SharedCore);
 
 /// The caller's W3C trace context from gRPC metadata.
 pub fn trace_context(metadata: &MetadataMap) -> HashMap<String, String> {
-    ["traceparent", "tracestate"]
-        .into_iter()
-        .filter_map(|k| {
-            metadata
-                .get(k)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| (k.to_owned(), v.to_owned()))
-        })
-        .collect()
+    tps_runtime::propagation::from_headers(|k| metadata.get(k).and_then(|v| v.to_str().ok()))
 }
 
 fn with_trace_header<T>(body: T, trace_id: &str) -> Response<T> {
@@ -221,20 +213,12 @@ impl AdminService for Admin {
     }
 }
 
-pub fn circuit_state(state: tps_jidoka::State) -> CircuitState {
-    match state {
-        tps_jidoka::State::Closed => CircuitState::Closed,
-        tps_jidoka::State::Open => CircuitState::Open,
-        tps_jidoka::State::HalfOpen => CircuitState::HalfOpen,
-    }
-}
-
 /// The breaker as AdminService.Circuit (and /health) report it.
 pub fn circuit_response(breaker: &tps_jidoka::Breaker) -> CircuitResponse {
     let s = breaker.snapshot();
     CircuitResponse {
         breaker: breaker.name().to_owned(),
-        state: circuit_state(s.state) as i32,
+        state: tps_runtime::jidoka::circuit_state(s.state) as i32,
         failure_rate: s.failure_rate,
         slow_call_rate: s.slow_call_rate,
         calls_in_window: s.calls_in_window,
@@ -283,7 +267,7 @@ pub async fn status(core: &SharedCore) -> StatusResponse {
     StatusResponse {
         status: status.to_owned(),
         healthy,
-        circuit_state: circuit_state(core.breaker.state()) as i32,
+        circuit_state: tps_runtime::jidoka::circuit_state(core.breaker.state()) as i32,
         queues,
         accepted_total: core.metrics.accepted_total(),
         refused_total: core.metrics.refused_total(),

@@ -114,15 +114,7 @@ fn to_request(body: SubmitBody) -> Result<SubmitRequest, ApiError> {
 }
 
 fn trace_context(headers: &HeaderMap) -> HashMap<String, String> {
-    ["traceparent", "tracestate"]
-        .into_iter()
-        .filter_map(|k| {
-            headers
-                .get(k)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| (k.to_owned(), v.to_owned()))
-        })
-        .collect()
+    tps_runtime::propagation::from_headers(|k| headers.get(k).and_then(|v| v.to_str().ok()))
 }
 
 fn accepted(body: Value, trace_id: &str) -> Response {

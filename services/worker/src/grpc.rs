@@ -7,8 +7,7 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 use tps_proto::v1::pool_service_server::PoolService;
 use tps_proto::v1::{
-    CircuitState, DrainRequest, Fault, PauseRequest, PoolGetRequest, PoolStatus, ResumeRequest,
-    SetFaultRequest,
+    DrainRequest, Fault, PauseRequest, PoolGetRequest, PoolStatus, ResumeRequest, SetFaultRequest,
 };
 
 use crate::{Line, Worker};
@@ -19,14 +18,6 @@ const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_FAULT_LATENCY_MS: u32 = 600_000;
 
 pub struct PoolApi(pub Arc<Worker>);
-
-pub fn circuit_state(state: tps_jidoka::State) -> CircuitState {
-    match state {
-        tps_jidoka::State::Closed => CircuitState::Closed,
-        tps_jidoka::State::Open => CircuitState::Open,
-        tps_jidoka::State::HalfOpen => CircuitState::HalfOpen,
-    }
-}
 
 fn status(w: &Worker) -> PoolStatus {
     PoolStatus {
@@ -39,7 +30,7 @@ fn status(w: &Worker) -> PoolStatus {
         succeeded: Worker::count(&w.counters.succeeded),
         failed: Worker::count(&w.counters.failed),
         expired: Worker::count(&w.counters.expired),
-        circuit_state: circuit_state(w.breaker.state()) as i32,
+        circuit_state: tps_runtime::jidoka::circuit_state(w.breaker.state()) as i32,
         fault: Some(w.fault()),
     }
 }

@@ -4,7 +4,17 @@
 //! breaker's transition listener.
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
-use tps_jidoka::{Breaker, BreakerConfig, Transition};
+use tps_jidoka::{Breaker, BreakerConfig, State, Transition};
+use tps_proto::v1::CircuitState;
+
+/// A breaker's state as the contracts name it (AdminService.Circuit, PoolStatus).
+pub fn circuit_state(state: State) -> CircuitState {
+    match state {
+        State::Closed => CircuitState::Closed,
+        State::Open => CircuitState::Open,
+        State::HalfOpen => CircuitState::HalfOpen,
+    }
+}
 
 /// Creates a breaker named `name` whose state and transitions are exported
 /// on `registry`.

@@ -7,6 +7,18 @@ use std::collections::HashMap;
 use opentelemetry::global;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+/// The W3C headers this module carries.
+pub const HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+
+/// The caller's trace context from any header-like carrier (gRPC metadata,
+/// HTTP headers): `get` returns a header's value as text, if present.
+pub fn from_headers<'a>(get: impl Fn(&str) -> Option<&'a str>) -> HashMap<String, String> {
+    HEADERS
+        .into_iter()
+        .filter_map(|k| get(k).map(|v| (k.to_owned(), v.to_owned())))
+        .collect()
+}
+
 /// The span's context as a `traceparent`/`tracestate` map.
 pub fn inject(span: &tracing::Span) -> HashMap<String, String> {
     let cx = span.context();
