@@ -385,6 +385,19 @@ impl Service {
         prom::scrape(&format!("{}/metrics", self.url("metrics"))).await
     }
 
+    /// Scrapes /metrics once `metric` (summed over its labels) has reached
+    /// `at_least`. A worker counts an item after its ack, which comes after
+    /// the terminal status a test waits on, so counters converge a moment
+    /// later; the caller then asserts exact values on the returned text.
+    pub async fn metrics_when(&self, metric: &str, at_least: f64) -> String {
+        let what = format!("{} {metric} >= {at_least}", self.name);
+        eventually(Duration::from_secs(10), &what, || async {
+            let text = self.metrics().await;
+            (prom::sum(&text, metric, &[]) >= at_least).then_some(text)
+        })
+        .await
+    }
+
     /// SIGTERM, then waits up to `within` for the process to exit.
     pub async fn stop(&mut self, within: Duration) -> ExitStatus {
         terminate(self.child.id());

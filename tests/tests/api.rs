@@ -259,7 +259,9 @@ async fn the_same_idempotency_key_is_one_signal() {
 }
 
 async fn prom_processed(service: &tps_e2e::Service) -> f64 {
-    let text = tps_e2e::prom::scrape(&format!("{}/metrics", service.url("metrics"))).await;
+    let text = service
+        .metrics_when("tps_worker_processed_total", 1.0)
+        .await;
     tps_e2e::prom::sum(&text, "tps_worker_processed_total", &[])
 }
 

@@ -222,7 +222,10 @@ async fn two_hundred_signals_over_grpc_and_http_all_reach_their_terminal_state()
     // The gateway counted what it accepted, and its workers what they did.
     let gw = prom::scrape(&format!("{}/metrics", stack.gateway.url("metrics"))).await;
     assert_eq!(prom::sum(&gw, "tps_signals_accepted_total", &[]), 200.0);
-    let fast = prom::scrape(&format!("{}/metrics", stack.worker_fast.url("metrics"))).await;
+    let fast = stack
+        .worker_fast
+        .metrics_when("tps_worker_processed_total", per_pool["fast"])
+        .await;
     assert_eq!(
         prom::sum(&fast, "tps_worker_processed_total", &[]),
         per_pool["fast"]

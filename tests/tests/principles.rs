@@ -711,7 +711,10 @@ async fn a_long_handler_keeps_its_item_with_in_progress_acks() {
         wait_terminal(&mut client, &id).await.state(),
         SignalState::Succeeded
     );
-    let metrics = stack.worker_slow.metrics().await;
+    let metrics = stack
+        .worker_slow
+        .metrics_when("tps_worker_processed_total", 1.0)
+        .await;
     assert_eq!(
         prom::sum(&metrics, "tps_worker_redeliveries_total", &[]),
         0.0
