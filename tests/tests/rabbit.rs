@@ -1,6 +1,6 @@
 //! The RabbitMQ fallback queue (tps_queue::amqp) against a real, private
-//! RabbitMQ node: topology, publisher confirms, priorities, headers and
-//! dead-lettering.
+//! RabbitMQ node: topology, publisher confirms, the Kanban bound,
+//! priorities, headers and dead-lettering.
 
 use std::collections::HashMap;
 
@@ -30,11 +30,12 @@ async fn work_is_confirmed_taken_by_priority_and_dead_lettered_on_reject() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path());
     let names = Names::new(&format!("t{}", uuid::Uuid::new_v4().simple()));
-    let rabbit = Rabbit::connect(&node.url, names.clone(), "test")
+    // Room for exactly the backlog below (Kanban: x-max-length).
+    let rabbit = Rabbit::connect(&node.url, names.clone(), "test", 8)
         .await
         .expect("connect");
     // Declaring again is harmless (every service does it at start-up).
-    Rabbit::connect(&node.url, names.clone(), "test-2")
+    Rabbit::connect(&node.url, names.clone(), "test-2", 8)
         .await
         .expect("idempotent topology");
 
@@ -53,8 +54,14 @@ async fn work_is_confirmed_taken_by_priority_and_dead_lettered_on_reject() {
         expected.push((priority, id));
     }
     expected.sort_by_key(|(p, _)| *p);
+    // The queue is full: the broker nacks the publish and it is refused.
+    let refused = rabbit.publish_work(&item("one-too-many", 1), &trace).await;
+    assert!(
+        matches!(refused, Err(tps_queue::QueueError::Full(ref pool)) if pool == "fast"),
+        "a full fallback queue refuses: {refused:?}"
+    );
 
-    let mut consumer = rabbit.consume(Pool::Fast, 1, "t").await.unwrap();
+    let (_channel, mut consumer) = rabbit.consume(Pool::Fast, 1, "t").await.unwrap();
     let mut order = Vec::new();
     for n in 0..expected.len() {
         let d = consumer.next().await.unwrap().unwrap();

@@ -9,14 +9,11 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::{Stream, StreamExt};
 use prost_types::Timestamp;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceBuilder;
-use tower::ServiceExt as _;
-use tower::util::BoxCloneSyncService;
 use tps_domain::{is_terminal, names, routing, validate};
 use tps_proto::v1::{
     Pool, Signal, SignalState, SignalStatus, SubmitRequest, SubmitResponse, WorkItem,
 };
-use tps_queue::{Queue, QueueStats};
+use tps_queue::{Backend, Failover, Queue, QueueStats};
 use tracing::{Instrument, field};
 
 use crate::config::Config;
@@ -30,43 +27,19 @@ const REPLAY_LIMIT: usize = 10_000;
 const IDEMPOTENCY_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x6f1d_5c3e_8a7b_4e2f_9c10_2b3a_4d5e_6f70);
 
-/// What the publish path takes: a work item and its trace context.
-pub type PublishRequest = (WorkItem, HashMap<String, String>);
-
-/// The publish path as a tower service: the breaker around the broker
-/// (see [`publisher`]). Answers whether the broker saw a duplicate.
-pub type Publisher =
-    BoxCloneSyncService<PublishRequest, bool, tps_jidoka::BreakerError<tps_queue::QueueError>>;
-
-/// Builds the publish path. Layer order, outside in:
-/// 1. Jidoka breaker: refuses at once (CIRCUIT_OPEN) while the broker keeps
-///    failing, instead of making every caller wait for a publish timeout;
-///    a full queue is a refusal, not a defect, so it does not count.
-/// 2. the JetStream publish, which waits for the broker's ack
-///    (`TPS_PUBLISH_TIMEOUT`).
-pub fn publisher(queue: Queue, breaker: tps_jidoka::Breaker) -> Publisher {
-    BoxCloneSyncService::new(
-        ServiceBuilder::new()
-            .layer(tps_jidoka::BreakerLayer::new(breaker).with_classifier(classify_publish))
-            .service_fn(move |(item, trace): PublishRequest| {
-                let queue = queue.clone();
-                async move { queue.publish_work(&item, &trace).await }
-            }),
-    )
-}
-
-fn classify_publish(result: &Result<bool, tps_queue::QueueError>) -> tps_jidoka::Outcome {
-    match result {
-        Ok(_) => tps_jidoka::Outcome::Success,
-        Err(tps_queue::QueueError::Full(_)) => tps_jidoka::Outcome::Ignored,
-        Err(_) => tps_jidoka::Outcome::Failure,
-    }
-}
+/// Most statuses of fallback-accepted signals kept for recording once NATS
+/// is back (beyond it the worker's RUNNING is the first record).
+const PENDING_LIMIT: usize = 100_000;
 
 pub struct Core {
     pub queue: Queue,
-    pub publisher: Publisher,
+    /// The publish path: JetStream behind the broker breaker, RabbitMQ
+    /// behind it (`tps_queue::failover`).
+    pub failover: Failover,
     pub breaker: tps_jidoka::Breaker,
+    /// QUEUED statuses of signals accepted on RabbitMQ while NATS was down,
+    /// written to the status bucket when it is back (see [`Core::flush_pending`]).
+    pub pending: std::sync::Mutex<Vec<SignalStatus>>,
     pub admin: tps_runtime::admin::AdminToken,
     pub metrics: Metrics,
     pub config: Config,
@@ -136,9 +109,11 @@ impl Core {
         span.record("signal.type", names::signal_type(valid.signal_type));
         span.record("pool", names::pool(pool));
 
-        if valid.idempotency_key.is_some()
-            && let Some(existing) = self.queue.status(&id).await?
-        {
+        // While NATS is down the bucket cannot be asked; the id (derived
+        // from the key) still makes a repeat land on the same record.
+        let lookup = valid.idempotency_key.is_some()
+            && (self.queue.connected() || self.failover.fallback().is_none());
+        if lookup && let Some(existing) = self.queue.status(&id).await? {
             tracing::info!(signal_id = %id, "repeated submit answered from the first one");
             return Ok(response_from_status(&existing.status, self, true));
         }
@@ -164,7 +139,8 @@ impl Core {
             enqueued_at: Some(now()),
             trace_context: trace.clone(),
         };
-        let duplicate = self.enqueue(item, trace.clone()).await?;
+        let published = self.enqueue(item, trace.clone()).await?;
+        let duplicate = published.duplicate;
         if duplicate {
             // The same idempotency key raced in twice within the duplicate
             // window: the broker stored it once.
@@ -183,14 +159,16 @@ impl Core {
         };
         // A worker may already have written RUNNING or a result: then the
         // record is further along than QUEUED and is left as it is.
-        if let Err(e) = self.queue.create_status(&status).await {
+        if published.backend == Backend::RabbitMq {
+            self.remember_pending(status);
+        } else if let Err(e) = self.queue.create_status(&status).await {
             tracing::warn!(signal_id = %id, error = %e, "status not recorded; the worker will record it");
         }
         self.metrics
             .accepted
             .with_label_values(&[names::pool(pool), names::signal_type(valid.signal_type)])
             .inc();
-        tracing::info!(signal_id = %id, pool = names::pool(pool), priority = valid.priority, "signal queued");
+        tracing::info!(signal_id = %id, pool = names::pool(pool), priority = valid.priority, backend = published.backend.as_str(), "signal queued");
         Ok(SubmitResponse {
             id,
             pool: pool as i32,
@@ -346,8 +324,8 @@ impl Core {
             trace_context: trace.clone(),
         };
         let failure = match self.enqueue(item, trace).instrument(span.clone()).await {
-            Ok(false) => return Ok(()),
-            Ok(true) => conflict(),
+            Ok(p) if !p.duplicate => return Ok(()),
+            Ok(_) => conflict(),
             Err(e) => e,
         };
         match self.queue.update_status(&entry.status, revision).await {
@@ -367,20 +345,60 @@ impl Core {
         }
     }
 
-    /// Publishes through the breaker-guarded publish path.
+    /// Publishes through the failover publish path.
     pub async fn enqueue(
         &self,
         item: WorkItem,
         trace: HashMap<String, String>,
-    ) -> Result<bool, ApiError> {
-        Ok(self.publisher.clone().oneshot((item, trace)).await?)
+    ) -> Result<tps_queue::Published, ApiError> {
+        Ok(self.failover.publish_work(item, trace).await?)
     }
 
-    /// SERVING: connected to the broker, breaker not open, not stopping.
+    /// SERVING: not stopping, and new work can be made durable on some
+    /// broker (JetStream connected with its breaker not open, or RabbitMQ).
     pub fn healthy(&self) -> bool {
-        self.queue.connected()
-            && self.breaker.state() != tps_jidoka::State::Open
-            && !self.shutdown.is_cancelled()
+        self.failover.can_publish() && !self.shutdown.is_cancelled()
+    }
+
+    fn remember_pending(&self, status: SignalStatus) {
+        if let Ok(mut pending) = self.pending.lock() {
+            if pending.len() < PENDING_LIMIT {
+                pending.push(status);
+            } else {
+                tracing::warn!("too many statuses waiting for NATS; the worker will record this one");
+            }
+        }
+    }
+
+    /// Records QUEUED for the signals accepted on RabbitMQ while NATS was
+    /// down (create-only: a worker's record, if there is one, stays). Called
+    /// by the health loop while NATS is connected.
+    pub async fn flush_pending(&self) {
+        let batch = match self.pending.lock() {
+            Ok(mut pending) if !pending.is_empty() => std::mem::take(&mut *pending),
+            _ => return,
+        };
+        let total = batch.len();
+        let mut left = Vec::new();
+        for status in batch {
+            if !left.is_empty() {
+                left.push(status);
+                continue;
+            }
+            if let Err(e) = self.queue.create_status(&status).await {
+                tracing::debug!(error = %e, "pending statuses not recorded yet");
+                left.push(status);
+            }
+        }
+        let recorded = total - left.len();
+        if recorded > 0 {
+            tracing::info!(recorded, left = left.len(), "statuses of fallback-accepted signals recorded");
+        }
+        if !left.is_empty()
+            && let Ok(mut pending) = self.pending.lock()
+        {
+            pending.extend(left);
+        }
     }
 
     /// Dead letters of `pool` (or all pools), oldest first.

@@ -257,6 +257,20 @@ pub async fn status(core: &SharedCore) -> StatusResponse {
             Err(_) => degraded = true,
         }
     }
+    if let Some(rabbit) = core.failover.fallback().and_then(|f| f.current()) {
+        for pool in [Pool::Fast, Pool::Slow] {
+            if let Ok(depth) = rabbit.work_depth(pool).await {
+                queues.push(QueueStatus {
+                    pool: pool as i32,
+                    depth: depth.into(),
+                    backend: "rabbitmq".to_owned(),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    let backend = core.failover.active();
+    degraded |= backend != tps_queue::Backend::Nats;
     let status = if core.shutdown.is_cancelled() {
         "stopping"
     } else if degraded {
@@ -272,5 +286,6 @@ pub async fn status(core: &SharedCore) -> StatusResponse {
         accepted_total: core.metrics.accepted_total(),
         refused_total: core.metrics.refused_total(),
         timestamp: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+        queue_backend: backend.as_str().to_owned(),
     }
 }

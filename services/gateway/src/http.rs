@@ -180,6 +180,12 @@ fn health_view(core: &SharedCore) -> Value {
         "circuit_state": breaker.state.as_str(),
         "circuit_failure_rate": breaker.failure_rate,
         "nats": if core.queue.connected() { "connected" } else { "disconnected" },
+        "rabbitmq": match core.failover.fallback() {
+            None => "disabled",
+            Some(f) if f.connected() => "connected",
+            Some(_) => "disconnected",
+        },
+        "queue_backend": core.failover.active().as_str(),
         "timestamp": now(),
     })
 }

@@ -39,9 +39,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         &metrics.registry,
     )
     .map_err(|e| StartError::Broker(e.to_string()))?;
+    let fallback = tps_queue::amqp::Fallback::from_config("tps-gateway", &config.common, &config.kanban);
+    let fallback_stop = CancellationToken::new();
+    let keeper = fallback.as_ref().map(|f| f.keep_connected(fallback_stop.clone()));
+    let failover = tps_queue::Failover::new(queue.clone(), breaker.clone(), fallback, &metrics.registry)
+        .map_err(|e| StartError::Broker(e.to_string()))?;
     let core = Arc::new(core::Core {
-        publisher: core::publisher(queue.clone(), breaker.clone()),
+        failover,
         breaker,
+        pending: std::sync::Mutex::new(Vec::new()),
         admin: config.common.admin_token.clone(),
         queue,
         metrics: metrics.clone(),
@@ -96,12 +102,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         Err(e) => tracing::error!(error = %e, "HTTP facade task failed"),
         Ok(Ok(())) => {}
     }
+    fallback_stop.cancel();
+    if let Some(keeper) = keeper {
+        let _ = keeper.await;
+    }
     tracing::info!("gateway stopped");
     Ok(served?)
 }
 
-/// Keeps grpc health and the queue gauges current: SERVING while NATS is
-/// connected, NOT_SERVING otherwise and from the moment shutdown starts.
+/// Keeps grpc health and the queue gauges current: SERVING while new work
+/// can be made durable (NATS, or the RabbitMQ fallback), NOT_SERVING when
+/// neither broker can take it and from the moment shutdown starts. Also
+/// records the statuses of signals accepted on RabbitMQ once NATS is back.
 async fn watch_health(core: core::SharedCore, health: tonic_health::server::HealthReporter) {
     let mut last = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -131,6 +143,20 @@ async fn watch_health(core: core::SharedCore, health: tonic_health::server::Heal
         if core.shutdown.is_cancelled() {
             return;
         }
+        if let Some(rabbit) = core.failover.fallback().and_then(|f| f.current()) {
+            for pool in [tps_proto::v1::Pool::Fast, tps_proto::v1::Pool::Slow] {
+                if let Ok(depth) = rabbit.work_depth(pool).await {
+                    core.metrics
+                        .fallback_depth
+                        .with_label_values(&[tps_domain::names::pool(pool)])
+                        .set(i64::from(depth));
+                }
+            }
+        }
+        if !core.queue.connected() {
+            continue;
+        }
+        core.flush_pending().await;
         for (pool, stats) in core.queues().await {
             if let Ok(s) = stats {
                 let label = [tps_domain::names::pool(pool)];

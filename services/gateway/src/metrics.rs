@@ -19,6 +19,8 @@ pub struct Metrics {
     pub in_flight: IntGaugeVec,
     /// `tps_queue_redelivered{pool}`: delivered more than once and still pending.
     pub redelivered: IntGaugeVec,
+    /// `tps_queue_fallback_depth{pool}`: work waiting in RabbitMQ.
+    pub fallback_depth: IntGaugeVec,
     /// `tps_broker_connected`: 1 while the NATS connection is up.
     pub broker_connected: IntGauge,
 }
@@ -65,6 +67,13 @@ impl Metrics {
             ),
             &["pool"],
         )?;
+        let fallback_depth = IntGaugeVec::new(
+            Opts::new(
+                "tps_queue_fallback_depth",
+                "Signals waiting in the RabbitMQ fallback queue",
+            ),
+            &["pool"],
+        )?;
         let broker_connected = IntGauge::new(
             "tps_broker_connected",
             "1 while the connection to NATS is up",
@@ -76,6 +85,7 @@ impl Metrics {
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(redelivered.clone()))?;
+        registry.register(Box::new(fallback_depth.clone()))?;
         registry.register(Box::new(broker_connected.clone()))?;
         Ok(Self {
             registry,
@@ -86,6 +96,7 @@ impl Metrics {
             queue_depth,
             in_flight,
             redelivered,
+            fallback_depth,
             broker_connected,
         })
     }

@@ -7,16 +7,19 @@
 //! tpsctl circuit get|open|reset                       # the gateway's breaker
 //! tpsctl pool --worker http://127.0.0.1:50052 get|pause|resume|drain|fault
 //! tpsctl dlq list|replay
-//! tpsctl chaos crash-worker|queue-down|queue-recover|downstream|cascade|stop   # against make run-local
+//! tpsctl chaos crash-worker|queue-down|queue-recover|rabbit-down|rabbit-recover|downstream|cascade|stop   # against make run-local
+//! tpsctl chaos suite [--only queue-down] [--rate 20] [--phase 20]              # every scenario under a steady load
 //! ```
 //!
-//! Output is JSON (one object per line for `watch`). Exit codes: 0 success;
-//! 1 the call failed (the gRPC status is printed to stderr); 3 `--wait` or
-//! `watch` ended in a terminal state other than SUCCEEDED.
+//! Output is JSON (one object per line for `watch`; one ledger line per
+//! scenario for `chaos suite`). Exit codes: 0 success; 1 the call failed (the
+//! gRPC status is printed to stderr), or `chaos suite` lost an accepted
+//! signal; 3 `--wait` or `watch` ended in a terminal state other than SUCCEEDED.
 
 mod admin;
 mod chaos;
 mod commands;
+mod steady;
 
 use clap::{Parser, Subcommand};
 

@@ -11,6 +11,8 @@
 //! holds, and exits.
 
 pub mod config;
+mod delivery;
+mod fallback;
 pub mod grpc;
 pub mod metrics;
 mod process;
@@ -65,6 +67,8 @@ pub struct Worker {
     pub line: watch::Sender<Line>,
     pub fault: Mutex<Fault>,
     pub admin: AdminToken,
+    /// RabbitMQ, consumed beside JetStream (None with `TPS_FALLBACK=none`).
+    pub fallback: Option<Arc<tps_queue::amqp::Fallback>>,
 }
 
 impl Worker {
@@ -149,6 +153,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         breaker,
         line: watch::channel(Line::Running).0,
         fault: Mutex::new(Fault::default()),
+        fallback: tps_queue::amqp::Fallback::from_config(&service, &config.common, &config.kanban),
     });
 
     let standard = rpc::standard_services(&["tps.v1.PoolService"])?;
@@ -179,7 +184,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     );
 
     let tracker = TaskTracker::new();
+    let mut rabbit_side = Vec::new();
+    if let Some(fallback) = worker.fallback.clone() {
+        rabbit_side.push(tokio::spawn(fallback::consume(
+            worker.clone(),
+            fallback.clone(),
+            tracker.clone(),
+        )));
+        rabbit_side.push(tokio::spawn(fallback::redrive(worker.clone(), fallback)));
+    }
     let pulled = pull::run(worker.clone(), &tracker).await;
+    for task in rabbit_side {
+        let _ = task.await;
+    }
 
     health.abort();
     for service in ["", "tps.v1.PoolService"] {
@@ -213,15 +230,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
 }
 
 /// grpc health follows the line: SERVING while it runs, NOT_SERVING while
-/// the breaker has stopped it, an operator paused or drained it, or the
-/// broker connection is down.
+/// the breaker has stopped it, an operator paused or drained it, or neither
+/// broker is connected.
 async fn watch_health(worker: Arc<Worker>, health: tonic_health::server::HealthReporter) {
     let mut breaker = worker.breaker.subscribe();
     let mut line = worker.line.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last = None;
     loop {
-        let serving = worker.line_state() == LineState::Running && worker.queue.connected();
+        let connected = worker.queue.connected()
+            || worker.fallback.as_ref().is_some_and(|f| f.connected());
+        let serving = worker.line_state() == LineState::Running && connected;
         if last != Some(serving) {
             let status = if serving {
                 ServingStatus::Serving

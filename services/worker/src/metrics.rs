@@ -25,6 +25,14 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     /// `tps_worker_dead_lettered_total{pool}`.
     pub dead_lettered: IntCounterVec,
+    /// `tps_worker_deliveries_total{pool,backend}`: work items received, by broker.
+    pub deliveries: IntCounterVec,
+    /// `tps_worker_fallback_outcomes_total{pool}`: outcomes decided while
+    /// NATS was down and kept on RabbitMQ for re-drive.
+    pub held: IntCounterVec,
+    /// `tps_worker_redriven_total{pool,result}`: fallback records moved into
+    /// NATS (`recorded`), found decided already (`superseded`), or unreadable (`poison`).
+    pub redriven: IntCounterVec,
     /// `tps_worker_fault_latency_seconds{pool}` / `tps_worker_fault_error_rate{pool}`:
     /// the injected fault (0 when none).
     pub fault_latency: prometheus::GaugeVec,
@@ -110,6 +118,30 @@ impl Metrics {
             &["pool"],
         )?;
         registry.register(Box::new(acks.clone()))?;
+        let deliveries = IntCounterVec::new(
+            Opts::new(
+                "tps_worker_deliveries_total",
+                "Work items received, by broker",
+            ),
+            &["pool", "backend"],
+        )?;
+        let held = IntCounterVec::new(
+            Opts::new(
+                "tps_worker_fallback_outcomes_total",
+                "Outcomes decided while NATS was down, kept on RabbitMQ for re-drive",
+            ),
+            &["pool"],
+        )?;
+        let redriven = IntCounterVec::new(
+            Opts::new(
+                "tps_worker_redriven_total",
+                "Fallback records moved into NATS, by result (recorded, superseded, poison)",
+            ),
+            &["pool", "result"],
+        )?;
+        registry.register(Box::new(deliveries.clone()))?;
+        registry.register(Box::new(held.clone()))?;
+        registry.register(Box::new(redriven.clone()))?;
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(dead_lettered.clone()))?;
         registry.register(Box::new(fault_latency.clone()))?;
@@ -133,6 +165,9 @@ impl Metrics {
             acks,
             retries,
             dead_lettered,
+            deliveries,
+            held,
+            redriven,
             fault_latency,
             fault_error_rate,
         })

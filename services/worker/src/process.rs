@@ -7,18 +7,20 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use async_nats::jetstream::{AckKind, Message};
+use async_nats::jetstream::AckKind;
 use prost::Message as _;
 use prost_types::Timestamp;
 use tps_domain::work::{self, Outcome};
 use tps_domain::{is_terminal, names};
 use tps_jidoka::Outcome as CallOutcome;
 use tps_proto::v1::{
-    DeadLetterItem, Signal, SignalState, SignalStatus, SignalType, WorkItem, WorkResult,
+    DeadLetterItem, FallbackRecord, Signal, SignalState, SignalStatus, SignalType, WorkItem,
+    WorkResult,
 };
 use tracing::Instrument;
 
 use crate::Worker;
+use crate::delivery::Delivery;
 
 /// How long a failed publish waits before the broker redelivers.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -47,7 +49,7 @@ enum CallError {
     Failed(String),
 }
 
-async fn ack(worker: &Worker, message: &Message, kind: AckKind) {
+async fn ack(worker: &Worker, message: &Delivery, kind: AckKind) {
     let label = match kind {
         AckKind::Ack => "ack",
         AckKind::Nak(_) => "nak",
@@ -60,21 +62,26 @@ async fn ack(worker: &Worker, message: &Message, kind: AckKind) {
         .acks
         .with_label_values(&[names::pool(worker.pool()), label])
         .inc();
-    if let Err(e) = message.ack_with(kind).await {
+    if let Err(e) = message.answer(kind).await {
         tracing::warn!(error = %e, kind = label, "ack failed; the broker will redeliver (a redelivery of finished work is a no-op)");
     }
 }
 
-pub async fn handle(worker: &Worker, message: Message) {
+pub async fn handle(worker: &Worker, message: Delivery) {
     let pool = names::pool(worker.pool());
-    let delivered = message.info().map(|i| i.delivered).unwrap_or(1).max(1) as u32;
-    let item = match WorkItem::decode(message.payload.clone()) {
+    let delivered = message.delivered();
+    worker
+        .metrics
+        .deliveries
+        .with_label_values(&[pool, message.backend()])
+        .inc();
+    let item = match WorkItem::decode(message.payload()) {
         Ok(item) if item.signal.is_some() => item,
         other => {
             let reason = other
                 .err()
                 .map_or("no signal".to_owned(), |e| e.to_string());
-            tracing::warn!(subject = %message.subject, %reason, "undecodable work item; terminated");
+            tracing::warn!(origin = %message.origin(), %reason, "undecodable work item; terminated");
             worker.metrics.poison.with_label_values(&[pool]).inc();
             ack(worker, &message, AckKind::Term).await;
             return;
@@ -89,6 +96,7 @@ pub async fn handle(worker: &Worker, message: Message) {
         priority = signal.priority,
         attempt = item.attempt,
         delivered,
+        backend = message.backend(),
         trace_id = tracing::field::Empty,
     );
     tps_runtime::propagation::set_parent(&span, &item.trace_context);
@@ -98,12 +106,16 @@ pub async fn handle(worker: &Worker, message: Message) {
         .await;
 }
 
-async fn process(worker: &Worker, message: &Message, item: WorkItem, delivered: u32) {
+async fn process(worker: &Worker, message: &Delivery, item: WorkItem, delivered: u32) {
     let pulled = Instant::now();
     let pool = names::pool(worker.pool());
     let signal = item.signal.clone().unwrap_or_default();
     if delivered > 1 {
         worker.metrics.redeliveries.with_label_values(&[pool]).inc();
+    }
+    if message.is_amqp() && !worker.queue.connected() {
+        process_without_nats(worker, message, item, delivered).await;
+        return;
     }
 
     // Claim the signal for this attempt (compare-and-set on its status).
@@ -282,7 +294,7 @@ fn deadline_passed(signal: &Signal) -> bool {
 #[allow(clippy::too_many_arguments)]
 async fn finish(
     worker: &Worker,
-    message: &Message,
+    message: &Delivery,
     item: &WorkItem,
     mut status: SignalStatus,
     mut revision: u64,
@@ -290,7 +302,6 @@ async fn finish(
     delivered: u32,
     pulled: Instant,
 ) {
-    let pool = names::pool(worker.pool());
     let signal = item.signal.clone().unwrap_or_default();
     let finished_at = now();
     status.state = outcome.state as i32;
@@ -341,6 +352,12 @@ async fn finish(
         return;
     }
 
+    count_processed(worker, &signal, &decided, pulled);
+}
+
+/// Counts an outcome this replica decided.
+fn count_processed(worker: &Worker, signal: &Signal, decided: &SignalStatus, pulled: Instant) {
+    let pool = names::pool(worker.pool());
     let type_name = names::signal_type(signal.r#type());
     let outcome_name = names::state(decided.state());
     worker
@@ -364,18 +381,169 @@ async fn finish(
     tracing::info!(outcome = outcome_name, "processed");
 }
 
-/// Publishes the result a terminal status describes, then acks. False if
-/// the result could not be stored (the item is handed back; its redelivery
-/// will publish it from the status).
-async fn publish_and_ack(
+/// A RabbitMQ delivery while NATS is down: the status bucket can be
+/// neither read nor written, so there is no claim. RabbitMQ hands a message
+/// to one consumer at a time (again only after that consumer's channel
+/// closes unacked), so the work runs once unless a replica dies holding it.
+/// The outcome goes to RabbitMQ as a [`FallbackRecord`] (confirmed before the
+/// ack) and is re-driven into NATS when it is back ([`redrive`]), where the
+/// first decision for an attempt wins as always. A failed try is retried
+/// after the first backoff step; tries are counted toward TPS_MAX_DELIVER
+/// only while the bucket can record them.
+async fn process_without_nats(
     worker: &Worker,
-    message: &Message,
-    item: &WorkItem,
-    decided: &SignalStatus,
+    message: &Delivery,
+    item: WorkItem,
     delivered: u32,
-) -> bool {
+) {
+    let pulled = Instant::now();
+    let pool = names::pool(worker.pool());
+    let signal = item.signal.clone().unwrap_or_default();
+    let Some(fallback) = &worker.fallback else {
+        ack(worker, message, AckKind::Nak(Some(RETRY_DELAY))).await;
+        return;
+    };
+    let started_at = now();
+    let outcome = if deadline_passed(&signal) {
+        Outcome {
+            state: SignalState::Expired,
+            message: "deadline passed before a worker could start it".to_owned(),
+            output: None,
+        }
+    } else {
+        match call_downstream(worker, message, &signal).await {
+            Ok(outcome) => outcome,
+            Err(CallError::Open(retry_after)) => {
+                ack(worker, message, AckKind::Nak(Some(retry_after))).await;
+                return;
+            }
+            Err(CallError::Failed(reason)) => {
+                let delay = worker.config.kanban.backoff(1);
+                tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "work failed while NATS is down; will be redelivered");
+                worker.metrics.retries.with_label_values(&[pool]).inc();
+                ack(worker, message, AckKind::Nak(Some(delay))).await;
+                return;
+            }
+        }
+    };
+    let finished_at = now();
+    let decided = SignalStatus {
+        signal: Some(signal.clone()),
+        state: outcome.state as i32,
+        attempt: item.attempt,
+        message: outcome.message,
+        output: outcome.output,
+        worker_id: worker.config.common.instance_id.clone(),
+        trace_id: tps_runtime::telemetry::current_trace_id(),
+        updated_at: Some(finished_at),
+        started_at: Some(started_at),
+        finished_at: Some(finished_at),
+        ..Default::default()
+    };
+    let result = result_of(&decided, item.enqueued_at, delivered);
+    let trace = result.trace_context.clone();
+    let record = FallbackRecord {
+        status: Some(decided.clone()),
+        result: Some(result),
+    };
+    let stored = match fallback.get().await {
+        Ok(rabbit) => rabbit.publish_record(&record, &trace).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = stored {
+        tracing::warn!(error = %e, "outcome not stored on RabbitMQ; the item will be redelivered");
+        ack(worker, message, AckKind::Nak(Some(RETRY_DELAY))).await;
+        return;
+    }
+    ack(worker, message, AckKind::Ack).await;
+    worker.metrics.held.with_label_values(&[pool]).inc();
+    count_processed(worker, &signal, &decided, pulled);
+}
+
+/// What re-driving one fallback record came to.
+pub enum Redriven {
+    /// Its status was recorded and its result published.
+    Recorded,
+    /// The attempt had been decided already (its result was published again;
+    /// the broker drops a duplicate), or a newer attempt exists.
+    Superseded,
+    /// Unreadable: dropped.
+    Poison,
+    /// NATS did not take it; try again later.
+    Failed,
+}
+
+/// Moves an outcome decided while NATS was down into NATS: the terminal
+/// status by compare-and-set (the first decision for an attempt wins, as in
+/// [`finish`]), then the result on TPS_RESULTS. The caller acks the record
+/// unless this returns [`Redriven::Failed`].
+pub async fn redrive(worker: &Worker, payload: &[u8]) -> Redriven {
+    let Ok(record) = FallbackRecord::decode(payload) else {
+        return Redriven::Poison;
+    };
+    let (Some(status), Some(mut result)) = (record.status, record.result) else {
+        return Redriven::Poison;
+    };
+    let id = result.signal_id.clone();
+    let mut outcome = Redriven::Failed;
+    for _ in 0..CAS_TRIES {
+        let entry = match worker.queue.status(&id).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::debug!(signal_id = %id, error = %e, "re-drive: status unreadable");
+                return Redriven::Failed;
+            }
+        };
+        match &entry {
+            Some(e) if e.status.attempt > status.attempt => return Redriven::Superseded,
+            Some(e) if e.status.attempt == status.attempt && is_terminal(e.status.state()) => {
+                // Decided already: by another copy of the item, or by this
+                // record on an earlier try whose result did not get out.
+                let decided = &e.status;
+                result = WorkResult {
+                    trace_context: result.trace_context.clone(),
+                    ..result_of(decided, result.enqueued_at, result.delivery_count)
+                };
+                outcome = Redriven::Superseded;
+                break;
+            }
+            _ => {}
+        }
+        match worker
+            .queue
+            .write_status(&status, entry.map(|e| e.revision))
+            .await
+        {
+            Ok(Some(_)) => {
+                outcome = Redriven::Recorded;
+                break;
+            }
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::debug!(signal_id = %id, error = %e, "re-drive: status not stored");
+                return Redriven::Failed;
+            }
+        }
+    }
+    if matches!(outcome, Redriven::Failed) {
+        return outcome;
+    }
+    if let Err(e) = worker
+        .queue
+        .publish_result(&result, &result.trace_context)
+        .await
+    {
+        tracing::debug!(signal_id = %id, error = %e, "re-drive: result not stored");
+        return Redriven::Failed;
+    }
+    tracing::info!(signal_id = %id, attempt = result.attempt, state = names::state(result.state()), recorded = matches!(outcome, Redriven::Recorded), "outcome re-driven into NATS");
+    outcome
+}
+
+/// The result a terminal status describes.
+fn result_of(decided: &SignalStatus, enqueued_at: Option<Timestamp>, delivered: u32) -> WorkResult {
     let signal = decided.signal.clone().unwrap_or_default();
-    let result = WorkResult {
+    WorkResult {
         signal_id: signal.id.clone(),
         r#type: signal.r#type,
         pool: signal.pool,
@@ -387,11 +555,24 @@ async fn publish_and_ack(
         worker_id: decided.worker_id.clone(),
         delivery_count: delivered,
         submitted_at: signal.submitted_at,
-        enqueued_at: item.enqueued_at,
+        enqueued_at,
         started_at: decided.started_at,
         finished_at: decided.finished_at,
         trace_context: tps_runtime::propagation::inject(&tracing::Span::current()),
-    };
+    }
+}
+
+/// Publishes the result a terminal status describes, then acks. False if
+/// the result could not be stored (the item is handed back; its redelivery
+/// will publish it from the status).
+async fn publish_and_ack(
+    worker: &Worker,
+    message: &Delivery,
+    item: &WorkItem,
+    decided: &SignalStatus,
+    delivered: u32,
+) -> bool {
+    let result = result_of(decided, item.enqueued_at, delivered);
     if let Err(e) = worker
         .queue
         .publish_result(&result, &result.trace_context)
@@ -409,7 +590,7 @@ async fn publish_and_ack(
 /// operator, then record the signal as DEAD_LETTERED like any other result.
 async fn dead_letter(
     worker: &Worker,
-    message: &Message,
+    message: &Delivery,
     item: &WorkItem,
     status: SignalStatus,
     revision: u64,
@@ -457,7 +638,7 @@ async fn dead_letter(
 /// marked in progress so a long call keeps its message.
 async fn call_downstream(
     worker: &Worker,
-    message: &Message,
+    message: &Delivery,
     signal: &Signal,
 ) -> Result<Outcome, CallError> {
     let permit = worker

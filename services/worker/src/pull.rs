@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio_util::task::TaskTracker;
 
+use crate::delivery::Delivery;
 use crate::{Line, Worker, process};
 use tps_runtime::StartError;
 
@@ -29,7 +30,26 @@ pub async fn run(worker: Arc<Worker>, tracker: &TaskTracker) -> Result<(), Start
     let mut doorbell: Option<async_nats::Subscriber> = None;
     let mut stopped = false;
 
+    let mut disconnected = false;
     while !worker.shutdown.is_cancelled() {
+        // NATS is down: nothing to pull (RabbitMQ work goes on in
+        // crate::fallback); look again shortly.
+        if !worker.queue.connected() {
+            doorbell = None;
+            if !disconnected {
+                tracing::warn!("NATS disconnected: pulling paused until it is back");
+                disconnected = true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(IDLE_RECHECK) => {}
+                _ = worker.shutdown.cancelled() => break,
+            }
+            continue;
+        }
+        if disconnected {
+            tracing::info!("NATS connected again: pulling");
+            disconnected = false;
+        }
         // An operator's pause or drain: pull nothing until resumed.
         if *line.borrow_and_update() != Line::Running {
             doorbell = None;
@@ -126,7 +146,7 @@ pub async fn run(worker: Arc<Worker>, tracker: &TaskTracker) -> Result<(), Start
                 taken += 1;
                 let w = worker.clone();
                 tracker.spawn(async move {
-                    process::handle(&w, message).await;
+                    process::handle(&w, Delivery::Nats(message)).await;
                     drop(permit);
                 });
             }

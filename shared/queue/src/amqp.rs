@@ -1,13 +1,22 @@
 //! RabbitMQ, the fallback broker (lapin). One durable classic queue per pool,
 //! `tps.work.<pool>`, with `x-max-priority` 4 so priorities are honoured
 //! (Debian's RabbitMQ 3.10 has priorities only on classic queues; quorum
-//! queues there would be faster but FIFO), dead-lettering to
-//! `tps.dlq.<pool>` through the `tps.dlx` exchange. Publishes wait for the
-//! broker's publisher confirm; messages are persistent; the signal id is the
-//! AMQP message id and the W3C trace context travels in the headers, as it
-//! does in NATS headers.
+//! queues there would be replicated but FIFO), bounded like the JetStream
+//! work stream (`x-max-length` = `TPS_KANBAN_BUFFER`, `x-overflow`
+//! reject-publish: a full queue nacks the publish, which the gateway answers
+//! QUEUE_FULL), dead-lettering to `tps.dlq.<pool>` through the `tps.dlx`
+//! exchange. Beside them, `tps.results.<pool>` holds the outcomes workers
+//! decided while NATS was down ([`FallbackRecord`]), until they are
+//! re-driven into NATS. Publishes wait for the broker's publisher confirm;
+//! messages are persistent; the signal id is the AMQP message id and the W3C
+//! trace context travels in the headers, as it does in NATS headers.
+//!
+//! [`Fallback`] keeps one connection up (reconnecting in the background)
+//! for the services that use it.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
@@ -18,7 +27,7 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 use prost::Message;
-use tps_proto::v1::{Pool, WorkItem};
+use tps_proto::v1::{FallbackRecord, Pool, WorkItem};
 
 use crate::{Names, QueueError};
 
@@ -39,8 +48,14 @@ pub struct Rabbit {
 }
 
 impl Rabbit {
-    /// Connects and declares the topology (idempotent).
-    pub async fn connect(url: &str, names: Names, client_name: &str) -> Result<Self, QueueError> {
+    /// Connects and declares the topology (idempotent). `buffer_per_pool`
+    /// bounds each work queue.
+    pub async fn connect(
+        url: &str,
+        names: Names,
+        client_name: &str,
+        buffer_per_pool: u32,
+    ) -> Result<Self, QueueError> {
         let properties = ConnectionProperties::default().with_connection_name(client_name.into());
         let connection = Connection::connect(url, properties)
             .await
@@ -85,6 +100,14 @@ impl Rabbit {
             let mut args = FieldTable::default();
             args.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(4));
             args.insert(
+                "x-max-length".into(),
+                AMQPValue::LongLongInt(i64::from(buffer_per_pool)),
+            );
+            args.insert(
+                "x-overflow".into(),
+                AMQPValue::LongString("reject-publish".into()),
+            );
+            args.insert(
                 "x-dead-letter-exchange".into(),
                 AMQPValue::LongString(names.amqp_dlx().into()),
             );
@@ -94,6 +117,14 @@ impl Rabbit {
             );
             publisher
                 .queue_declare(names.amqp_work_queue(pool).into(), durable, args)
+                .await
+                .map_err(unavailable)?;
+            publisher
+                .queue_declare(
+                    names.amqp_results(pool).into(),
+                    durable,
+                    FieldTable::default(),
+                )
                 .await
                 .map_err(unavailable)?;
         }
@@ -110,10 +141,11 @@ impl Rabbit {
     }
 
     pub fn connected(&self) -> bool {
-        self.connection.status().connected()
+        self.connection.status().connected() && self.publisher.status().connected()
     }
 
-    /// Publishes a work item and waits for the broker's confirm.
+    /// Publishes a work item and waits for the broker's confirm. A nack
+    /// means the queue is at its limit (reject-publish).
     pub async fn publish_work(
         &self,
         item: &WorkItem,
@@ -123,22 +155,71 @@ impl Rabbit {
             .signal
             .as_ref()
             .ok_or_else(|| QueueError::Broker("work item without signal".into()))?;
+        let pool = signal.pool();
+        let properties = BasicProperties::default()
+            .with_priority(amqp_priority(signal.priority))
+            .with_message_id(crate::nats::message_id(&signal.id, item.attempt).into());
+        self.publish(
+            &self.names.amqp_work_queue(pool),
+            properties,
+            trace,
+            &item.encode_to_vec(),
+        )
+        .await
+        .map_err(|e| match e {
+            QueueError::Full(_) => QueueError::Full(tps_domain::names::pool(pool).to_owned()),
+            other => other,
+        })
+    }
+
+    /// Publishes an outcome decided while NATS was down and waits for the
+    /// broker's confirm.
+    pub async fn publish_record(
+        &self,
+        record: &FallbackRecord,
+        trace: &HashMap<String, String>,
+    ) -> Result<(), QueueError> {
+        let result = record
+            .result
+            .as_ref()
+            .ok_or_else(|| QueueError::Broker("fallback record without result".into()))?;
+        let properties = BasicProperties::default().with_message_id(
+            format!(
+                "result.{}",
+                crate::nats::message_id(&result.signal_id, result.attempt)
+            )
+            .into(),
+        );
+        self.publish(
+            &self.names.amqp_results(result.pool()),
+            properties,
+            trace,
+            &record.encode_to_vec(),
+        )
+        .await
+    }
+
+    async fn publish(
+        &self,
+        queue: &str,
+        properties: BasicProperties,
+        trace: &HashMap<String, String>,
+        payload: &[u8],
+    ) -> Result<(), QueueError> {
         let mut headers = FieldTable::default();
         for (k, v) in trace {
             headers.insert(k.as_str().into(), AMQPValue::LongString(v.as_str().into()));
         }
-        let properties = BasicProperties::default()
+        let properties = properties
             .with_delivery_mode(2) // persistent
-            .with_priority(amqp_priority(signal.priority))
-            .with_message_id(crate::nats::message_id(&signal.id, item.attempt).into())
             .with_headers(headers);
         let confirm = self
             .publisher
             .basic_publish(
                 ShortString::from(""),
-                self.names.amqp_work_queue(signal.pool()).into(),
+                queue.into(),
                 BasicPublishOptions::default(),
-                &item.encode_to_vec(),
+                payload,
                 properties,
             )
             .await
@@ -147,6 +228,7 @@ impl Rabbit {
             .map_err(unavailable)?;
         match confirm {
             Confirmation::Ack(_) => Ok(()),
+            Confirmation::Nack(_) => Err(QueueError::Full(queue.to_owned())),
             other => Err(QueueError::Unavailable(format!(
                 "RabbitMQ did not confirm the publish: {other:?}"
             ))),
@@ -154,13 +236,35 @@ impl Rabbit {
     }
 
     /// A consumer of `pool`'s work queue on its own channel, with at most
-    /// `prefetch` unacknowledged deliveries (Kanban: the pool's capacity).
+    /// `prefetch` unacknowledged deliveries (Kanban: the replica's capacity).
+    /// Closing the channel hands back what it holds unacked.
     pub async fn consume(
         &self,
         pool: Pool,
         prefetch: u16,
         tag: &str,
-    ) -> Result<lapin::Consumer, QueueError> {
+    ) -> Result<(Channel, lapin::Consumer), QueueError> {
+        self.consume_queue(&self.names.amqp_work_queue(pool), prefetch, tag)
+            .await
+    }
+
+    /// A consumer of `pool`'s fallback records (see [`Rabbit::consume`]).
+    pub async fn consume_records(
+        &self,
+        pool: Pool,
+        prefetch: u16,
+        tag: &str,
+    ) -> Result<(Channel, lapin::Consumer), QueueError> {
+        self.consume_queue(&self.names.amqp_results(pool), prefetch, tag)
+            .await
+    }
+
+    async fn consume_queue(
+        &self,
+        queue: &str,
+        prefetch: u16,
+        tag: &str,
+    ) -> Result<(Channel, lapin::Consumer), QueueError> {
         let channel = self
             .connection
             .create_channel()
@@ -170,15 +274,165 @@ impl Rabbit {
             .basic_qos(prefetch, BasicQosOptions::default())
             .await
             .map_err(unavailable)?;
-        channel
+        let consumer = channel
             .basic_consume(
-                self.names.amqp_work_queue(pool).into(),
+                queue.into(),
                 tag.into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        Ok((channel, consumer))
+    }
+
+    /// Messages waiting in `pool`'s work queue (not counting unacked ones).
+    pub async fn work_depth(&self, pool: Pool) -> Result<u32, QueueError> {
+        let queue = self
+            .publisher
+            .queue_declare(
+                self.names.amqp_work_queue(pool).into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(queue.message_count())
+    }
+}
+
+/// How often a lost fallback connection is tried again.
+const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The fallback broker as services hold it: one connection, made on first
+/// use and made again (at most once per second) after it is lost, so a
+/// RabbitMQ that is down at start-up or restarts later is picked up without
+/// restarting the service.
+pub struct Fallback {
+    url: String,
+    names: Names,
+    client_name: String,
+    buffer_per_pool: u32,
+    current: Mutex<Option<Arc<Rabbit>>>,
+    /// Held while connecting; the time of the last attempt.
+    connecting: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl Fallback {
+    pub fn new(url: &str, names: Names, client_name: &str, buffer_per_pool: u32) -> Arc<Self> {
+        Arc::new(Self {
+            url: url.to_owned(),
+            names,
+            client_name: client_name.to_owned(),
+            buffer_per_pool,
+            current: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The fallback of a service, from its settings: None when
+    /// `TPS_FALLBACK=none`.
+    pub fn from_config(
+        service: &str,
+        common: &tps_runtime::config::CommonConfig,
+        kanban: &tps_runtime::config::KanbanConfig,
+    ) -> Option<Arc<Self>> {
+        common.fallback.then(|| {
+            Self::new(
+                &common.rabbitmq_url,
+                Names::new(&common.namespace),
+                &format!("{service} {}", common.instance_id),
+                kanban.buffer,
+            )
+        })
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// The connection, if it is up right now.
+    pub fn current(&self) -> Option<Arc<Rabbit>> {
+        let current = self.current.lock().ok()?;
+        current.as_ref().filter(|r| r.connected()).cloned()
+    }
+
+    pub fn connected(&self) -> bool {
+        self.current().is_some()
+    }
+
+    /// The connection, connecting first if it is down (unless an attempt
+    /// failed less than a second ago).
+    pub async fn get(&self) -> Result<Arc<Rabbit>, QueueError> {
+        if let Some(r) = self.current() {
+            return Ok(r);
+        }
+        let mut last = self.connecting.lock().await;
+        if let Some(r) = self.current() {
+            return Ok(r);
+        }
+        if let Some(at) = *last
+            && at.elapsed() < RECONNECT_INTERVAL
+        {
+            return Err(QueueError::Unavailable(
+                "RabbitMQ is not connected (reconnecting)".to_owned(),
+            ));
+        }
+        *last = Some(Instant::now());
+        let attempt = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Rabbit::connect(
+                &self.url,
+                self.names.clone(),
+                &self.client_name,
+                self.buffer_per_pool,
+            ),
+        )
+        .await
+        .map_err(|_| QueueError::Unavailable("RabbitMQ connect timed out".to_owned()))
+        .and_then(|r| r);
+        match attempt {
+            Ok(rabbit) => {
+                let rabbit = Arc::new(rabbit);
+                if let Ok(mut current) = self.current.lock() {
+                    *current = Some(rabbit.clone());
+                }
+                tracing::info!(url = %tps_runtime::config::redact_url(&self.url), "RabbitMQ (fallback) connected");
+                Ok(rabbit)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "RabbitMQ (fallback) not reachable");
+                Err(e)
+            }
+        }
+    }
+
+    /// Keeps the connection up in the background (logging when it is lost
+    /// and back) until `stop` is cancelled.
+    pub fn keep_connected(
+        self: &Arc<Self>,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let fallback = self.clone();
+        tokio::spawn(async move {
+            let mut was = None;
+            loop {
+                let up = fallback.get().await.is_ok();
+                if was == Some(true) && !up {
+                    tracing::warn!("RabbitMQ (fallback) connection lost; reconnecting");
+                }
+                was = Some(up);
+                tokio::select! {
+                    _ = tokio::time::sleep(RECONNECT_INTERVAL) => {}
+                    _ = stop.cancelled() => break,
+                }
+            }
+        })
     }
 }
 

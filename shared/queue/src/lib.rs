@@ -14,11 +14,13 @@
 //! service starts first ([`Queue::connect`]).
 
 pub mod amqp;
+pub mod failover;
 mod names;
 mod nats;
 
+pub use failover::{Backend, Failover, Published};
 pub use names::Names;
-pub use nats::{ConnectOptions, Queue, QueueStats, StatusEntry};
+pub use nats::{ConnectOptions, Queue, QueueStats, StatusEntry, message_id};
 
 /// What can go wrong talking to the queue.
 #[derive(Debug, thiserror::Error)]

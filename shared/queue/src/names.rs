@@ -106,6 +106,12 @@ impl Names {
         self.dlq_subject(pool)
     }
 
+    /// RabbitMQ: a pool's results recorded while NATS was down,
+    /// `tps.results.<pool>`, re-driven into TPS_RESULTS once it is back.
+    pub fn amqp_results(&self, pool: Pool) -> String {
+        format!("{}.results.{}", self.prefix(), tps_domain::names::pool(pool))
+    }
+
     /// RabbitMQ: the exchange rejected work is dead-lettered through.
     pub fn amqp_dlx(&self) -> String {
         format!("{}.dlx", self.prefix())

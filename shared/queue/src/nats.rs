@@ -240,6 +240,16 @@ impl Queue {
         )
     }
 
+    /// Status reads and writes fail at once while disconnected, instead of
+    /// waiting out a request timeout.
+    fn ensure_connected(&self) -> Result<(), QueueError> {
+        if self.connected() {
+            Ok(())
+        } else {
+            Err(QueueError::Unavailable("not connected to NATS".to_owned()))
+        }
+    }
+
     /// Publishes a work item and waits for JetStream to store it.
     /// Returns whether the broker saw it as a duplicate of an earlier publish.
     pub async fn publish_work(
@@ -427,6 +437,7 @@ impl Queue {
 
     /// Depth, in-flight and redelivered counts of `pool`'s queue (all priorities).
     pub async fn queue_stats(&self, pool: Pool) -> Result<QueueStats, QueueError> {
+        self.ensure_connected()?;
         let mut stats = QueueStats::default();
         for mut consumer in self.work_consumers(pool).await? {
             let info = consumer.info().await.map_err(broker)?;
@@ -439,6 +450,7 @@ impl Queue {
 
     /// The status of a signal, if known.
     pub async fn status(&self, id: &str) -> Result<Option<StatusEntry>, QueueError> {
+        self.ensure_connected()?;
         match self.status.entry(id).await.map_err(broker)? {
             Some(e) if e.operation == kv::Operation::Put => Ok(Some(StatusEntry {
                 status: SignalStatus::decode(e.value)?,
@@ -451,6 +463,7 @@ impl Queue {
     /// Stores a status only if none exists yet: its revision, or None if
     /// one did.
     pub async fn create_status(&self, status: &SignalStatus) -> Result<Option<u64>, QueueError> {
+        self.ensure_connected()?;
         match self
             .status
             .create(status_key(status)?, status.encode_to_vec().into())
@@ -469,6 +482,7 @@ impl Queue {
         status: &SignalStatus,
         revision: u64,
     ) -> Result<Option<u64>, QueueError> {
+        self.ensure_connected()?;
         match self
             .status
             .update(status_key(status)?, status.encode_to_vec().into(), revision)

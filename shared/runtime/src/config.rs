@@ -197,6 +197,10 @@ pub struct CommonConfig {
     pub nats_url: String,
     /// `RABBITMQ_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f` (the fallback broker).
     pub rabbitmq_url: String,
+    /// `TPS_FALLBACK`: `rabbitmq` (default) fails over to RabbitMQ when
+    /// JetStream is down; `none` runs on NATS alone (a NATS outage then
+    /// refuses new work with CIRCUIT_OPEN / QUEUE_UNAVAILABLE).
+    pub fallback: bool,
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`: traces are exported by OTLP/gRPC when set.
     pub otlp_endpoint: Option<String>,
     /// `TPS_NAMESPACE`: suffix for every stream, consumer, bucket and subject
@@ -247,6 +251,7 @@ impl CommonConfig {
                 "amqp://guest:guest@127.0.0.1:5672/%2f",
                 &["amqp", "amqps"],
             )?,
+            fallback: env.choice("TPS_FALLBACK", "rabbitmq", &["rabbitmq", "none"])? == "rabbitmq",
             otlp_endpoint: match env.get("OTEL_EXPORTER_OTLP_ENDPOINT") {
                 None => None,
                 Some(_) => Some(env.url("OTEL_EXPORTER_OTLP_ENDPOINT", "", &["http", "https"])?),

@@ -1,0 +1,243 @@
+//! A steady load and its ledger, for `tpsctl chaos suite`: an open-model
+//! submitter (a fixed rate of submits, each made whether or not earlier ones
+//! have answered, so a slow or broken system cannot slow the load down), and
+//! the settle step that follows every accepted signal to its terminal state.
+//! The same thing the end-to-end tests do (tests/src/ledger.rs), against a
+//! running stack.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::{StreamExt, stream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+use tps_domain::is_terminal;
+use tps_domain::json::to_struct;
+use tps_proto::v1::signal_service_client::SignalServiceClient;
+use tps_proto::v1::{GetRequest, Pool, SignalStatus, SignalType, SubmitRequest};
+
+/// Each submit (and each Get while settling) gets this long to answer.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Concurrent Gets while settling.
+const SETTLE_CONCURRENCY: usize = 32;
+/// Pause between two settle rounds.
+const SETTLE_POLL: Duration = Duration::from_millis(500);
+
+/// A lazily connected channel to a gateway (`http://host:port`); it
+/// reconnects by itself, so a gateway restarted on the same address is
+/// picked up.
+pub fn channel(gateway: &str) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(gateway.to_owned())?
+        .connect_timeout(Duration::from_secs(1))
+        .connect_lazy())
+}
+
+/// The steady mix: quick validation on the fast pool, execute work on the
+/// fast pool long enough (200 ms) to be caught mid-message by a crash,
+/// short execute work and reports on the slow pool; every priority.
+pub fn mixed(i: u64) -> SubmitRequest {
+    let (signal_type, pool, duration_ms) = match i % 4 {
+        0 => (SignalType::Validate, Pool::Unspecified, 20),
+        1 => (SignalType::Execute, Pool::Fast, 200),
+        2 => (SignalType::Execute, Pool::Unspecified, 50),
+        _ => (SignalType::Report, Pool::Unspecified, 20),
+    };
+    let payload = serde_json::json!({"data": [i, i % 7], "duration_ms": duration_ms, "i": i});
+    SubmitRequest {
+        r#type: signal_type as i32,
+        priority: 1 + ((i / 4) % 4) as u32,
+        payload: to_struct(&payload),
+        pool: pool as i32,
+        ..Default::default()
+    }
+}
+
+/// One submit's fate.
+enum Sent {
+    Accepted { id: String, pool: Pool },
+    Refused(String),
+}
+
+/// What a load run saw.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Acknowledged signals: id → the pool the gateway routed it to.
+    pub accepted: HashMap<String, Pool>,
+    /// Refusals by "gRPC code/ErrorInfo reason" (or what stood in for one).
+    pub refused: BTreeMap<String, u32>,
+}
+
+impl LoadReport {
+    pub fn refused_total(&self) -> u32 {
+        self.refused.values().sum()
+    }
+}
+
+/// A running load; [`Load::stop`] ends it.
+pub struct Load {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<LoadReport>,
+}
+
+/// Starts `rate` submits per second over `channel`, request `i` made by
+/// `make(i)`, until [`Load::stop`].
+pub fn start(channel: Channel, rate: u32, make: fn(u64) -> SubmitRequest) -> Load {
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
+        for i in 0.. {
+            tokio::select! {
+                _ = &mut stopped => break,
+                _ = tick.tick() => {}
+            }
+            let mut client = SignalServiceClient::new(channel.clone());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let sent = match tokio::time::timeout(CALL_TIMEOUT, client.submit(make(i))).await {
+                    Err(_) => Sent::Refused(format!(
+                        "{:?}/no answer within {CALL_TIMEOUT:?}",
+                        tonic::Code::DeadlineExceeded
+                    )),
+                    Ok(Ok(r)) => {
+                        let r = r.into_inner();
+                        Sent::Accepted {
+                            pool: r.pool(),
+                            id: r.id,
+                        }
+                    }
+                    Ok(Err(status)) => {
+                        let reason = status
+                            .get_details_error_info()
+                            .map_or_else(|| "no ErrorInfo".to_owned(), |info| info.reason);
+                        Sent::Refused(format!("{:?}/{reason}", status.code()))
+                    }
+                };
+                let _ = tx.send(sent);
+            });
+        }
+        // The submits still in flight answer (or time out) within CALL_TIMEOUT.
+        drop(tx);
+        let mut report = LoadReport::default();
+        while let Some(sent) = rx.recv().await {
+            match sent {
+                Sent::Accepted { id, pool } => {
+                    report.accepted.insert(id, pool);
+                }
+                Sent::Refused(kind) => *report.refused.entry(kind).or_default() += 1,
+            }
+        }
+        report
+    });
+    Load { stop, task }
+}
+
+impl Load {
+    /// Stops submitting, waits for the submits in flight, and reports.
+    pub async fn stop(self) -> anyhow::Result<LoadReport> {
+        let _ = self.stop.send(());
+        Ok(self.task.await?)
+    }
+}
+
+/// Polls SignalService.Get for every id until it is terminal (SUCCEEDED,
+/// FAILED, DEAD_LETTERED or EXPIRED) or `timeout` has passed; returns the
+/// terminal statuses. Any error (UNAVAILABLE while NATS is down, a
+/// transport error while the gateway restarts) is retried in the next round.
+pub async fn settle(
+    channel: &Channel,
+    ids: impl IntoIterator<Item = String>,
+    timeout: Duration,
+) -> HashMap<String, SignalStatus> {
+    let deadline = Instant::now() + timeout;
+    let mut pending: Vec<String> = ids.into_iter().collect();
+    let total = pending.len();
+    let mut finals = HashMap::new();
+    let mut last_note = Instant::now();
+    loop {
+        let round: Vec<(String, Option<SignalStatus>)> = stream::iter(std::mem::take(&mut pending))
+            .map(|id| {
+                let mut client = SignalServiceClient::new(channel.clone());
+                async move {
+                    let request = GetRequest { id: id.clone() };
+                    let status = match tokio::time::timeout(CALL_TIMEOUT, client.get(request)).await
+                    {
+                        Ok(Ok(response)) => Some(response.into_inner()),
+                        _ => None,
+                    };
+                    (id, status)
+                }
+            })
+            .buffer_unordered(SETTLE_CONCURRENCY)
+            .collect()
+            .await;
+        for (id, status) in round {
+            match status {
+                Some(status) if is_terminal(status.state()) => {
+                    finals.insert(id, status);
+                }
+                _ => pending.push(id),
+            }
+        }
+        if pending.is_empty() || Instant::now() >= deadline {
+            return finals;
+        }
+        if last_note.elapsed() >= Duration::from_secs(10) {
+            eprintln!("  settling: {} of {total} terminal", finals.len());
+            last_note = Instant::now();
+        }
+        tokio::time::sleep(SETTLE_POLL).await;
+    }
+}
+
+/// When a signal reached its terminal state: `finished_at`, else `updated_at`.
+pub fn terminal_at(status: &SignalStatus) -> Option<SystemTime> {
+    let ts = status.finished_at.or(status.updated_at)?;
+    SystemTime::try_from(ts).ok()
+}
+
+/// Submit → finished, from the status alone.
+pub fn submit_to_finish(status: &SignalStatus) -> Option<Duration> {
+    let submitted = status.signal.as_ref()?.submitted_at?;
+    let submitted = SystemTime::try_from(submitted).ok()?;
+    let finished = SystemTime::try_from(status.finished_at?).ok()?;
+    finished.duration_since(submitted).ok()
+}
+
+/// The nearest-rank percentile `p` (0..=100) of `values`, or None when empty.
+pub fn percentile(values: &mut [Duration], p: f64) -> Option<Duration> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_unstable();
+    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
+    Some(values[rank.clamp(1, values.len()) - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_is_nearest_rank() {
+        let mut v: Vec<Duration> = (1..=100).rev().map(Duration::from_millis).collect();
+        assert_eq!(percentile(&mut v, 99.0), Some(Duration::from_millis(99)));
+        assert_eq!(percentile(&mut v, 50.0), Some(Duration::from_millis(50)));
+        assert_eq!(percentile(&mut v, 100.0), Some(Duration::from_millis(100)));
+        let mut one = vec![Duration::from_millis(7)];
+        assert_eq!(percentile(&mut one, 99.0), Some(Duration::from_millis(7)));
+        assert_eq!(percentile(&mut [], 99.0), None);
+    }
+
+    #[test]
+    fn the_mix_uses_both_pools_and_every_priority() {
+        let reqs: Vec<SubmitRequest> = (0..16).map(mixed).collect();
+        assert!(reqs.iter().any(|r| r.pool == Pool::Fast as i32));
+        assert!(reqs.iter().any(|r| r.r#type == SignalType::Report as i32));
+        for p in 1..=4 {
+            assert!(reqs.iter().any(|r| r.priority == p));
+        }
+    }
+}

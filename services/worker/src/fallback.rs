@@ -1,0 +1,224 @@
+//! The worker's RabbitMQ side (when `TPS_FALLBACK=rabbitmq`).
+//!
+//! [`consume`]: the pool's RabbitMQ work queue is consumed at all times,
+//! beside the JetStream pull loop, so work the gateway put there during a
+//! NATS outage is done whichever broker is up. Kanban holds here too: the
+//! channel's prefetch is the replica's capacity, and every delivery waits for
+//! one of the same handler permits the pull loop uses. While the line is
+//! paused, drained or stopped by the breaker, the consumer is cancelled and
+//! what it held is handed back.
+//!
+//! [`redrive`]: while NATS is connected, the outcomes decided during an
+//! outage (`tps.results.<pool>`) are moved into the status bucket and
+//! TPS_RESULTS, one at a time, each acked only once NATS has it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicNackOptions};
+use tokio_util::task::TaskTracker;
+use tps_queue::amqp::Fallback;
+
+use crate::delivery::Delivery;
+use crate::process::{self, Redriven};
+use crate::{Line, Worker};
+
+/// How long to wait before trying again after the broker was unreachable.
+const RETRY: Duration = Duration::from_secs(1);
+/// How many fallback records a replica holds at once while re-driving.
+const REDRIVE_PREFETCH: u16 = 32;
+
+fn line_open(worker: &Worker) -> bool {
+    *worker.line.borrow() == Line::Running && worker.breaker.admits() > 0
+}
+
+/// Waits `d` unless the worker is stopping first; false when stopping.
+async fn pause(worker: &Worker, d: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = worker.shutdown.cancelled() => false,
+    }
+}
+
+/// Stops a consumer: no more deliveries; those it received but did not
+/// hand out go back to the queue.
+async fn cancel(channel: &lapin::Channel, consumer: &mut lapin::Consumer, tag: &str) {
+    let _ = channel
+        .basic_cancel(tag.into(), BasicCancelOptions::default())
+        .await;
+    while let Ok(Some(Ok(d))) =
+        tokio::time::timeout(Duration::from_millis(200), consumer.next()).await
+    {
+        let _ = d
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            })
+            .await;
+    }
+}
+
+/// Consumes the pool's RabbitMQ work queue until shutdown.
+pub async fn consume(worker: Arc<Worker>, fallback: Arc<Fallback>, tracker: TaskTracker) {
+    let tag = format!("{}-work", worker.config.common.instance_id);
+    let prefetch = u16::try_from(worker.capacity()).unwrap_or(u16::MAX);
+    let mut line = worker.line.subscribe();
+    let mut breaker = worker.breaker.subscribe();
+    while !worker.shutdown.is_cancelled() {
+        if !line_open(&worker) {
+            tokio::select! {
+                _ = line.changed() => {}
+                _ = breaker.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = worker.shutdown.cancelled() => break,
+            }
+            continue;
+        }
+        let rabbit = match fallback.get().await {
+            Ok(r) => r,
+            Err(_) => {
+                if !pause(&worker, RETRY).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        let (channel, mut consumer) = match rabbit.consume(worker.pool(), prefetch, &tag).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "RabbitMQ consume failed");
+                if !pause(&worker, RETRY).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        tracing::info!(queue = %fallback.names().amqp_work_queue(worker.pool()), "consuming the RabbitMQ work queue");
+        loop {
+            tokio::select! {
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        // Kanban: a free handler first (the pull loop shares them).
+                        let permit = tokio::select! {
+                            p = worker.permits.clone().acquire_owned() => match p {
+                                Ok(p) => p,
+                                Err(_) => break,
+                            },
+                            _ = worker.shutdown.cancelled() => {
+                                let _ = delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+                                break;
+                            }
+                        };
+                        let w = worker.clone();
+                        tracker.spawn(async move {
+                            process::handle(&w, Delivery::Amqp(delivery)).await;
+                            drop(permit);
+                        });
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "RabbitMQ consumer failed; reconnecting");
+                        break;
+                    }
+                    None => {
+                        tracing::warn!("RabbitMQ consumer ended; reconnecting");
+                        break;
+                    }
+                },
+                _ = line.changed() => if !line_open(&worker) { break },
+                _ = breaker.changed() => if !line_open(&worker) { break },
+                _ = worker.shutdown.cancelled() => break,
+            }
+        }
+        if rabbit.connected() {
+            cancel(&channel, &mut consumer, &tag).await;
+        }
+    }
+}
+
+/// Re-drives fallback records into NATS while it is connected, until shutdown.
+pub async fn redrive(worker: Arc<Worker>, fallback: Arc<Fallback>) {
+    let tag = format!("{}-redrive", worker.config.common.instance_id);
+    let pool = tps_domain::names::pool(worker.pool());
+    while !worker.shutdown.is_cancelled() {
+        if !worker.queue.connected() {
+            if !pause(&worker, RETRY).await {
+                break;
+            }
+            continue;
+        }
+        let rabbit = match fallback.get().await {
+            Ok(r) => r,
+            Err(_) => {
+                if !pause(&worker, RETRY).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        let (channel, mut consumer) = match rabbit
+            .consume_records(worker.pool(), REDRIVE_PREFETCH, &tag)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "RabbitMQ consume (re-drive) failed");
+                if !pause(&worker, RETRY).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                next = consumer.next() => Some(next),
+                _ = tokio::time::sleep(RETRY) => None,
+                _ = worker.shutdown.cancelled() => break,
+            };
+            let Some(next) = next else {
+                // NATS went away again: stop taking records until it is back.
+                if worker.queue.connected() {
+                    continue;
+                }
+                break;
+            };
+            let Some(Ok(delivery)) = next else {
+                break;
+            };
+            let label = match process::redrive(&worker, &delivery.data).await {
+                Redriven::Recorded => "recorded",
+                Redriven::Superseded => "superseded",
+                Redriven::Poison => {
+                    tracing::error!("unreadable fallback record dropped");
+                    "poison"
+                }
+                Redriven::Failed => {
+                    // Back to the queue after a pause (NATS may be restarting).
+                    let acker = delivery.acker.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(RETRY).await;
+                        let _ = acker
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                multiple: false,
+                            })
+                            .await;
+                    });
+                    continue;
+                }
+            };
+            if let Err(e) = delivery.acker.ack(Default::default()).await {
+                tracing::warn!(error = %e, "fallback record ack failed; it will be re-driven again (a no-op)");
+            }
+            worker
+                .metrics
+                .redriven
+                .with_label_values(&[pool, label])
+                .inc();
+        }
+        if rabbit.connected() {
+            cancel(&channel, &mut consumer, &tag).await;
+        }
+    }
+}
