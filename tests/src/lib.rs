@@ -460,6 +460,10 @@ pub struct StackOptions {
     pub fast_env: Vec<(&'static str, String)>,
     /// Extra environment for the gateway only.
     pub gateway_env: Vec<(&'static str, String)>,
+    /// Start a private RabbitMQ node and let every service fail over to it
+    /// (`TPS_FALLBACK=rabbitmq`); without it the stack runs on NATS alone
+    /// (`TPS_FALLBACK=none`).
+    pub rabbit: bool,
 }
 
 /// NATS plus the four services, on a uuid-suffixed namespace.
@@ -470,6 +474,8 @@ pub struct Stack {
     pub aggregator: Service,
     pub namespace: String,
     pub nats: Nats,
+    /// The fallback broker, when [`StackOptions::rabbit`] asked for one.
+    pub rabbit: Option<rabbit::Rabbit>,
     pub dir: tempfile::TempDir,
     env: Vec<(&'static str, String)>,
     pub extra_workers: Vec<Service>,
@@ -483,6 +489,7 @@ impl Stack {
     pub async fn start_with(options: StackOptions) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let nats = Nats::start(dir.path());
+        let rabbit = options.rabbit.then(|| rabbit::Rabbit::start(dir.path()));
         let namespace = format!("t{}", uuid::Uuid::new_v4().simple());
         let mut env: Vec<(&str, String)> = vec![
             ("NATS_URL", nats.url.clone()),
@@ -490,6 +497,13 @@ impl Stack {
             ("TPS_EXECUTE_MS", "5".to_owned()),
             ("TPS_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
         ];
+        match &rabbit {
+            Some(r) => {
+                env.push(("RABBITMQ_URL", r.url.clone()));
+                env.push(("TPS_FALLBACK", "rabbitmq".to_owned()));
+            }
+            None => env.push(("TPS_FALLBACK", "none".to_owned())),
+        }
         env.extend(options.env.iter().cloned());
         let with = |extra: &[(&'static str, String)]| {
             let mut e = env.clone();
@@ -534,6 +548,7 @@ impl Stack {
             aggregator,
             namespace,
             nats,
+            rabbit,
             dir,
             env: env.iter().map(|(k, v)| (*k, v.clone())).collect(),
             extra_workers: Vec::new(),

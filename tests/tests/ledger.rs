@@ -3,8 +3,8 @@
 //! (tps_e2e::ledger). Each test prints one summary line:
 //! `ledger <scenario>: accepted= refused= terminal= lost= duplicated= recovery=`.
 //!
-//! Scenarios that need the RabbitMQ fallback (NATS down, RabbitMQ down, both
-//! down) arrive with the fallback itself.
+//! The broker scenarios (NATS down, RabbitMQ down, both down) run with a
+//! private RabbitMQ node as the fallback.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -12,6 +12,7 @@ use serde_json::json;
 use tps_domain::json::to_struct;
 use tps_e2e::ledger::{assert_ledger, settle, start_load};
 use tps_e2e::{Stack, StackOptions, admin, prom};
+use tonic_health::pb::health_check_response::ServingStatus;
 use tps_proto::v1::{Fault, Pool, SetFaultRequest, SignalType, SubmitRequest};
 
 fn env(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
@@ -90,6 +91,127 @@ async fn sigkill_a_worker_mid_message_and_its_work_is_redelivered_to_the_other()
     assert!(
         prom::sum(&survivor, "tps_worker_redeliveries_total", &[]) >= 1.0,
         "the killed replica's unacked work was redelivered to the survivor"
+    );
+}
+
+/// A stack with RabbitMQ behind NATS. The gateway's publish timeout is
+/// short so a publish caught by the outage fails over well within the load's
+/// 5 s client deadline, and its breaker probes JetStream again after 2 s.
+async fn fallback_stack() -> Stack {
+    Stack::start_with(StackOptions {
+        rabbit: true,
+        gateway_env: env(&[("TPS_PUBLISH_TIMEOUT", "1s"), ("TPS_CB_TIMEOUT", "2s")]),
+        ..Default::default()
+    })
+    .await
+}
+
+/// Sum of a series over the workers of both pools.
+async fn workers_sum(stack: &Stack, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut total = 0.0;
+    for w in [&stack.worker_fast, &stack.worker_slow] {
+        total += prom::sum(&w.metrics().await, metric, labels);
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_down_for_10s_fails_over_to_rabbitmq_and_back_losing_nothing() {
+    let mut stack = fallback_stack().await;
+    let load = start_load(stack.gateway.url("grpc"), 25, Duration::from_secs(20), mixed);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stack.nats.kill();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    // While NATS is down the gateway keeps accepting (on RabbitMQ) and says so.
+    let gateway = stack.gateway.metrics().await;
+    assert_eq!(
+        prom::sum(&gateway, "tps_queue_backend_active", &[("backend", "rabbitmq")]),
+        1.0,
+        "failed over"
+    );
+    assert_eq!(stack.gateway.health().await, ServingStatus::Serving);
+    stack.nats.restart();
+    let recovered_at = Instant::now();
+    let report = load.await.unwrap();
+    let ledger = settle(&stack, &report, recovered_at).await;
+    assert_ledger("nats-down", &ledger, &[], &report);
+
+    let gateway = stack.gateway.metrics().await;
+    assert!(prom::sum(&gateway, "tps_queue_failovers_total", &[("to", "rabbitmq")]) >= 1.0);
+    assert!(
+        prom::sum(&gateway, "tps_queue_failovers_total", &[("to", "nats")]) >= 1.0,
+        "failed back to JetStream once it was healthy"
+    );
+    assert_eq!(
+        prom::sum(&gateway, "tps_queue_backend_active", &[("backend", "nats")]),
+        1.0
+    );
+    assert!(
+        workers_sum(&stack, "tps_worker_deliveries_total", &[("backend", "rabbitmq")]).await
+            > 0.0,
+        "workers did the work accepted on RabbitMQ"
+    );
+    assert!(
+        workers_sum(&stack, "tps_worker_redriven_total", &[("result", "recorded")]).await > 0.0,
+        "outcomes decided during the outage were re-driven into NATS"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_down_while_nats_is_healthy_changes_nothing() {
+    let mut stack = fallback_stack().await;
+    let load = start_load(stack.gateway.url("grpc"), 25, Duration::from_secs(12), mixed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::block_in_place(|| stack.rabbit.as_mut().unwrap().stop());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(stack.gateway.health().await, ServingStatus::Serving);
+    tokio::task::block_in_place(|| stack.rabbit.as_mut().unwrap().restart());
+    let recovered_at = Instant::now();
+    let report = load.await.unwrap();
+    let ledger = settle(&stack, &report, recovered_at).await;
+    assert_ledger("rabbitmq-down", &ledger, &[], &report);
+    let gateway = stack.gateway.metrics().await;
+    assert_eq!(
+        prom::sum(&gateway, "tps_queue_failovers_total", &[]),
+        0.0,
+        "NATS never stopped taking work"
+    );
+    assert_eq!(
+        workers_sum(&stack, "tps_worker_deliveries_total", &[("backend", "rabbitmq")]).await,
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_brokers_down_refuse_with_a_typed_error_and_recover() {
+    let mut stack = fallback_stack().await;
+    let load = start_load(stack.gateway.url("grpc"), 25, Duration::from_secs(20), mixed);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::task::block_in_place(|| stack.rabbit.as_mut().unwrap().stop());
+    stack.nats.kill();
+    // Nothing can be made durable: the gateway says so in its health.
+    tps_e2e::eventually(Duration::from_secs(5), "gateway NOT_SERVING", || {
+        let g = &stack.gateway;
+        async move { (g.health().await == ServingStatus::NotServing).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stack.nats.restart();
+    tokio::task::block_in_place(|| stack.rabbit.as_mut().unwrap().restart());
+    let recovered_at = Instant::now();
+    stack.gateway.wait_serving().await;
+    let report = load.await.unwrap();
+    let ledger = settle(&stack, &report, recovered_at).await;
+    assert_ledger(
+        "both-down",
+        &ledger,
+        &["Unavailable/QUEUE_UNAVAILABLE"],
+        &report,
+    );
+    assert!(
+        report.refused_total() > 0,
+        "the outage was refused with QUEUE_UNAVAILABLE: {:?}",
+        report.refused
     );
 }
 

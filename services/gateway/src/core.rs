@@ -175,7 +175,10 @@ impl Core {
             state: SignalState::Queued as i32,
             trace_id,
             duplicate,
-            subject: self.queue.names().work_subject(pool, valid.priority),
+            subject: match published.backend {
+                Backend::Nats => self.queue.names().work_subject(pool, valid.priority),
+                Backend::RabbitMq => self.queue.names().amqp_work_queue(pool),
+            },
             attempt: 1,
         })
     }

@@ -262,17 +262,21 @@ impl Failover {
                 Err(open) => open,
             }
         } else {
-            // No connection: a failure now, not after a publish timeout.
-            if let Ok(permit) = self.breaker.try_acquire() {
-                permit.record(Outcome::Failure);
+            // No connection: a failure now, not after a publish timeout
+            // (or the breaker's refusal, once it is open).
+            match self.breaker.try_acquire() {
+                Ok(permit) => {
+                    permit.record(Outcome::Failure);
+                    self.metrics
+                        .publish_errors
+                        .with_label_values(&["nats"])
+                        .inc();
+                    BreakerError::Inner(QueueError::Unavailable(
+                        "not connected to NATS".to_owned(),
+                    ))
+                }
+                Err(rejected) => BreakerError::Open(rejected),
             }
-            self.metrics
-                .publish_errors
-                .with_label_values(&["nats"])
-                .inc();
-            BreakerError::Inner(QueueError::Unavailable(
-                "not connected to NATS".to_owned(),
-            ))
         };
         let Some(fallback) = &self.rabbit else {
             return Err(nats_error);
