@@ -22,8 +22,8 @@ NOT_YET = echo "not yet: arrives with issue $(1)" >&2; exit 1
 
 .PHONY: help build run-local test fmt lint health status metrics clean \
 	up down restart logs images load spike stress stress-test dashboard traces \
-	chaos chaos-crash-worker chaos-queue-down chaos-queue-recover chaos-downstream \
-	chaos-cascade chaos-stop
+	chaos chaos-crash-worker chaos-queue-down chaos-queue-recover chaos-rabbit-down \
+	chaos-rabbit-recover chaos-downstream chaos-cascade chaos-stop
 
 help: ## List the targets
 	@echo "TPS make targets:"
@@ -124,8 +124,8 @@ LATENCY ?= 5000
 POOL    ?= fast
 DOWNSTREAM_POOL ?= slow
 
-chaos: ## Run the chaos scenarios in turn while load runs (not yet: needs tpsctl load)
-	@$(call NOT_YET,$(ISSUE_LOAD))
+chaos: ## Run every chaos scenario in turn under a steady load; one ledger line each (fails if a signal is lost)
+	$(TPSCTL) chaos suite
 
 chaos-crash-worker: ## SIGKILL one worker (POOL=fast|slow); run-local restarts it, its work is redelivered
 	$(TPSCTL) chaos crash-worker --pool $(POOL)
@@ -136,11 +136,17 @@ chaos-queue-down: ## Stop NATS and keep it down (until chaos-queue-recover)
 chaos-queue-recover: ## Let NATS come back (same port and store)
 	$(TPSCTL) chaos queue-recover
 
+chaos-rabbit-down: ## Stop RabbitMQ (the fallback broker) and keep it down (until chaos-rabbit-recover)
+	$(TPSCTL) chaos rabbit-down
+
+chaos-rabbit-recover: ## Let RabbitMQ come back (same port and data)
+	$(TPSCTL) chaos rabbit-recover
+
 chaos-downstream: ## Latency in a pool's downstream, e.g. LATENCY=5000 DOWNSTREAM_POOL=slow
 	$(TPSCTL) chaos downstream --latency-ms $(LATENCY) --pool $(DOWNSTREAM_POOL)
 
 chaos-cascade: ## Latency in the slow pool while the fast pool must stay healthy (LATENCY=5000)
 	$(TPSCTL) chaos cascade --latency-ms $(LATENCY)
 
-chaos-stop: ## Clear every injected fault and release NATS
+chaos-stop: ## Clear every injected fault and release NATS and RabbitMQ
 	$(TPSCTL) chaos stop

@@ -1,36 +1,64 @@
 #!/usr/bin/env bash
 # run-local.sh: the whole TPS flow on this machine, without Docker (`make run-local`).
 #
-#   scripts/run-local.sh          start NATS + the four services, wait for Ctrl-C
+#   scripts/run-local.sh          start NATS, RabbitMQ + the four services, wait for Ctrl-C
 #   scripts/run-local.sh stop     stop a run started in the background (`... &`)
 #
-# What it does: finds or installs nats-server (scripts/ensure-nats.sh), starts a
-# private JetStream server, builds the binaries (cargo build --release --bins),
-# starts tps-gateway, tps-worker --pool fast, tps-worker --pool slow and
-# tps-aggregator, waits until each has written its ports file (the addresses it
-# actually bound), prints them, then waits. Ctrl-C (or SIGTERM, or `stop`)
-# sends SIGTERM to the services, then to NATS, and waits for them to exit.
+# What it does: finds or installs nats-server (scripts/ensure-nats.sh) and
+# RabbitMQ (scripts/ensure-rabbitmq.sh), builds the binaries (cargo build
+# --release --bins), starts a private JetStream server and, at the same time, a
+# private RabbitMQ node (the fallback broker: the gateway publishes there while
+# NATS is down), waits until both accept connections, then starts tps-gateway,
+# tps-worker --pool fast, tps-worker --pool slow and tps-aggregator, waits until
+# each has written its ports file (the addresses it actually bound), prints
+# them, then waits. Ctrl-C (or SIGTERM, or `stop`) sends SIGTERM to the
+# services, then to RabbitMQ (its launcher stops the VM gracefully), then to
+# NATS, then to RabbitMQ's epmd, and waits for each to exit.
 # Once everything is up it supervises: a process that dies (a crash, or
 # `make chaos-crash-worker`) is restarted with the same settings, as a
 # container's restart policy would; one held down on purpose (a file
-# <name>.down in the run directory, written by `tpsctl chaos queue-down`) is
-# left down until that file is removed. A process that keeps dying (more than
-# 10 restarts) stops the run. During start-up any death stops the run.
+# <name>.down in the run directory: nats.down written by `tpsctl chaos
+# queue-down`, rabbitmq.down by `tpsctl chaos rabbit-down`) is left down until
+# that file is removed. A process that keeps dying (more than 10 restarts)
+# stops the run. During start-up any death stops the run.
+#
+# RabbitMQ is optional: if it cannot be installed or started (no root to
+# install it, or the node is not ready within RABBITMQ_START_TIMEOUT), a
+# warning says so and the run goes on without it, with TPS_FALLBACK=none.
+# Exporting TPS_FALLBACK=none yourself skips it too. The node is private, made
+# as tests/src/rabbit.rs makes one: Debian's plain launcher
+# (/usr/lib/rabbitmq/bin/rabbitmq-server, never the /usr/sbin wrapper that
+# su's to the rabbitmq user), node tps-local@localhost on 127.0.0.1 only, every
+# path (data, logs, config, HOME with its own .erlang.cookie) in the run
+# directory, and an epmd of its own on a free port (the shared one on 4369
+# would outlive the run). Talk to it with rabbitmqctl as the printed table shows.
 #
 # Everything it writes goes to the run directory (default .run/, gitignored):
-#   pids                "name pid executable" per line (the supervisor included)
+#   pids                "name pid executable" per line (the supervisor, nats,
+#                       epmd, rabbitmq and the services)
 #   nats.log  nats.out  nats-store/   the NATS server's log, its stdout/stderr
 #                       (start-up errors), and JetStream data (kept across runs;
 #                       `make clean` removes it)
+#   rabbitmq.log  rabbitmq.out  epmd.log   RabbitMQ's log, its launcher's
+#                       stdout/stderr, and its epmd's output
+#   rabbitmq/           the node's Mnesia data (durable queues and messages,
+#                       kept across restarts and runs), HOME (.erlang.cookie,
+#                       fresh each run), enabled_plugins, rabbitmq.conf (empty)
 #   <service>.log       each service's log
 #   <service>.ports     JSON written by the service once bound,
 #                       e.g. {"grpc":"127.0.0.1:50051","http":"127.0.0.1:8080","metrics":"127.0.0.1:9101"}
+#   rabbitmq.ports      RabbitMQ's addresses, in the same form: {"amqp":...,"dist":...,"epmd":...}
 #
 # Settings (environment; an address of 127.0.0.1:0 lets the OS pick a port, and
 # the table printed at the end shows what was bound):
 #   RUN_DIR                   run directory                 (.run under the repo)
 #   NATS_PORT                 NATS client port              (4222; a free port is
 #                                                            picked if it is busy)
+#   RABBITMQ_PORT             RabbitMQ AMQP port            (5672; a free port is
+#                                                            picked if it is busy;
+#                                                            its Erlang distribution
+#                                                            and epmd ports are always
+#                                                            picked free)
 #   GATEWAY_GRPC_ADDR         gateway gRPC                  (127.0.0.1:50051)
 #   GATEWAY_HTTP_ADDR         gateway HTTP/JSON facade      (127.0.0.1:8080)
 #   GATEWAY_METRICS_ADDR      gateway /metrics              (127.0.0.1:9101)
@@ -42,16 +70,20 @@
 #   AGGREGATOR_METRICS_ADDR   aggregator /metrics           (127.0.0.1:9104)
 #   BIN_DIR                   use the binaries in this directory and skip the build
 #   START_TIMEOUT             seconds to wait for the services to bind (60)
+#   RABBITMQ_START_TIMEOUT    seconds to wait for RabbitMQ to be ready (60)
 #   STOP_TIMEOUT              seconds each process gets after SIGTERM before SIGKILL
 #                             (40: a worker waits up to TPS_SHUTDOWN_GRACE=30s for in-flight work)
 #   NATS_SERVER               the nats-server binary to use (else ensure-nats.sh finds one)
+#   RABBITMQ_SERVER           the rabbitmq-server launcher to use (else
+#                             ensure-rabbitmq.sh finds or installs one)
 #   CARGO_TARGET_DIR          respected by the build
 #
 # Every TPS_* variable you export (TPS_NUM_WORKERS, TPS_KANBAN_BUFFER,
 # TPS_CB_THRESHOLD, TPS_LOG, ...) reaches all four services unchanged, except
 # the per-process ones this script sets: TPS_GRPC_ADDR, TPS_HTTP_ADDR,
 # TPS_METRICS_ADDR and TPS_PORTS_FILE. TPS_LOG_FORMAT defaults to text here.
-# RabbitMQ (the fallback broker) is not started by this script.
+# The services also get NATS_URL and RABBITMQ_URL (the private servers') and
+# TPS_FALLBACK=rabbitmq, or TPS_FALLBACK=none when RabbitMQ is not running.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -123,12 +155,105 @@ records_named() { # prints the pids-file records whose name matches one of the a
     done <"$PIDS_FILE"
 }
 
+# The start time of a live pid (field 22 of /proc/<pid>/stat), or nothing.
+proc_start() {
+    local stat=
+    read -r stat 2>/dev/null <"/proc/$1/stat" || [[ -n $stat ]] || return 0
+    stat=${stat##*) }
+    local -a f
+    read -ra f <<<"$stat"
+    printf '%s\n' "${f[19]:-}"
+}
+
+# Prints "pid starttime" for every live descendant of pid $1, parents first.
+descendants() {
+    local root=$1 f stat pid ppid
+    local -A kids=()
+    for f in /proc/[0-9]*/stat; do
+        stat=
+        read -r stat 2>/dev/null <"$f" || [[ -n $stat ]] || continue
+        pid=${stat%% *}
+        stat=${stat##*) }
+        read -r _ ppid _ <<<"$stat"
+        kids[$ppid]+="$pid "
+    done
+    local -a queue=("$root")
+    local i=0 parent child
+    while ((i < ${#queue[@]})); do
+        parent=${queue[i]}
+        i=$((i + 1))
+        for child in ${kids[$parent]:-}; do
+            printf '%s %s\n' "$child" "$(proc_start "$child")"
+            queue+=("$child")
+        done
+    done
+}
+
+# True while "pid starttime" is still that very process.
+same_proc() {
+    local pid=$1 start=$2
+    is_running "$pid" && [[ $(proc_start "$pid") == "$start" ]]
+}
+
+# Stops RabbitMQ ("rabbitmq pid exe" records, the pid being its launcher).
+# SIGTERM to the launcher: it traps it, stops the VM gracefully and waits for
+# it. Should it not exit within STOP_TIMEOUT: SIGKILL to the VM and its
+# helpers (the launcher then exits by itself), and to the launcher last
+# (killing it first would orphan the VM). Then no process of the node is left.
+stop_rabbitmq_records() {
+    local rec name pid exe deadline p st
+    for rec in "$@"; do
+        read -r name pid exe <<<"$rec"
+        is_ours "$pid" "$exe" || continue
+        local -a family=()
+        mapfile -t family < <(descendants "$pid")
+        log "stopping $name (pid $pid; the launcher stops the Erlang VM gracefully)"
+        kill -TERM "$pid" 2>/dev/null || true
+        deadline=$((SECONDS + STOP_TIMEOUT))
+        while is_running "$pid" && ((SECONDS < deadline)); do
+            sleep 0.2
+        done
+        if is_running "$pid"; then
+            log "$name (pid $pid) still running ${STOP_TIMEOUT}s after SIGTERM: SIGKILL to its VM"
+            mapfile -t family < <(descendants "$pid")
+            for p in "${family[@]}"; do
+                read -r p st <<<"$p"
+                same_proc "$p" "$st" && kill -KILL "$p" 2>/dev/null || true
+            done
+            deadline=$((SECONDS + 10))
+            while is_running "$pid" && ((SECONDS < deadline)); do
+                sleep 0.2
+            done
+            is_running "$pid" && kill -KILL "$pid" 2>/dev/null || true
+        fi
+        wait "$pid" 2>/dev/null || true # reaps it when it is our child
+        # The VM's helpers (erl_child_setup, inet_gethost, ...) leave with
+        # the VM; stragglers are killed.
+        deadline=$((SECONDS + 10))
+        for p in "${family[@]}"; do
+            read -r p st <<<"$p"
+            while same_proc "$p" "$st" && ((SECONDS < deadline)); do
+                sleep 0.2
+            done
+            if same_proc "$p" "$st"; then
+                log "$name: pid $p ($(cat "/proc/$p/comm" 2>/dev/null)) left behind: SIGKILL"
+                kill -KILL "$p" 2>/dev/null || true
+            fi
+        done
+    done
+}
+
+# In order: the services, RabbitMQ, NATS, then RabbitMQ's epmd.
 stop_all_recorded() {
-    local -a svc=() nats=()
+    local -a svc=() rabbit=() nats=() epmd=()
     mapfile -t svc < <(records_named "${SERVICES[@]}")
+    mapfile -t rabbit < <(records_named rabbitmq)
     mapfile -t nats < <(records_named nats)
+    mapfile -t epmd < <(records_named epmd)
     ((${#svc[@]})) && stop_records "${svc[@]}"
+    ((${#rabbit[@]})) && stop_rabbitmq_records "${rabbit[@]}"
     ((${#nats[@]})) && stop_records "${nats[@]}"
+    ((${#epmd[@]})) && stop_records "${epmd[@]}"
     return 0
 }
 
@@ -192,6 +317,26 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
+# free_ports N [PORT...]: N distinct free loopback ports (held together while
+# picked), none of them one of the given ports; printed on one line.
+free_ports() {
+    python3 - "$@" <<'PY'
+import socket, sys
+n, avoid = int(sys.argv[1]), set(sys.argv[2:])
+held, ports = [], []
+while len(ports) < n:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    held.append(s)
+    port = str(s.getsockname()[1])
+    if port not in avoid:
+        ports.append(port)
+print(" ".join(ports))
+for s in held:
+    s.close()
+PY
+}
+
 GATEWAY_GRPC_ADDR=${GATEWAY_GRPC_ADDR:-127.0.0.1:50051}
 GATEWAY_HTTP_ADDR=${GATEWAY_HTTP_ADDR:-127.0.0.1:8080}
 GATEWAY_METRICS_ADDR=${GATEWAY_METRICS_ADDR:-127.0.0.1:9101}
@@ -229,6 +374,21 @@ done
 
 NATS_SERVER=$(bash "$ROOT/scripts/ensure-nats.sh")
 
+# RabbitMQ is optional: without it the run goes on with TPS_FALLBACK=none.
+RABBITMQ_LAUNCHER=
+rabbit_off() {
+    log "WARNING: $*"
+    log "WARNING: running WITHOUT RabbitMQ (TPS_FALLBACK=none): the gateway cannot fail over while NATS is down"
+    RABBITMQ_LAUNCHER=
+}
+if [[ ${TPS_FALLBACK:-} == none ]]; then
+    log "TPS_FALLBACK=none: RabbitMQ (the fallback broker) is not started"
+elif ! RABBITMQ_LAUNCHER=$(bash "$ROOT/scripts/ensure-rabbitmq.sh"); then
+    rabbit_off "RabbitMQ is not available (scripts/ensure-rabbitmq.sh failed; see above)"
+elif ! EPMD=$(command -v epmd || ls /usr/lib/erlang/bin/epmd 2>/dev/null); then
+    rabbit_off "epmd (it comes with Erlang) not found"
+fi
+
 # From here on anything we started is stopped on the way out.
 CLEANED=
 cleanup() {
@@ -254,6 +414,12 @@ if ! port_free "127.0.0.1:$NATS_PORT"; then
     NATS_PORT=$(free_port)
     log "port $busy is busy; NATS will listen on $NATS_PORT"
 fi
+RABBITMQ_PORT=${RABBITMQ_PORT:-5672}
+if [[ -n $RABBITMQ_LAUNCHER ]] && { [[ $RABBITMQ_PORT == "$NATS_PORT" ]] || ! port_free "127.0.0.1:$RABBITMQ_PORT"; }; then
+    busy=$RABBITMQ_PORT
+    RABBITMQ_PORT=$(free_ports 1 "$NATS_PORT")
+    log "port $busy is busy; RabbitMQ will listen on $RABBITMQ_PORT"
+fi
 mkdir -p "$RUN_DIR/nats-store"
 : >"$RUN_DIR/nats.log"
 rm -f "$RUN_DIR"/*.down
@@ -267,6 +433,105 @@ start_nats() {
 : >"$RUN_DIR/nats.out"
 start_nats
 
+# --- RabbitMQ, started now and waited for after NATS (it takes ~5 s) --------
+RABBIT_DIR=$RUN_DIR/rabbitmq
+RABBIT_NODE=tps-local@localhost
+RABBITMQ_START_TIMEOUT=${RABBITMQ_START_TIMEOUT:-60}
+RABBIT_PID=
+# Its Erlang distribution port and its private epmd's port: always picked
+# (the default distribution port, AMQP + 20000, can exceed 65535).
+if [[ -n $RABBITMQ_LAUNCHER ]]; then
+    read -r RABBIT_DIST_PORT EPMD_PORT < <(free_ports 2 "$NATS_PORT" "$RABBITMQ_PORT")
+    # The node reads nothing in /etc/rabbitmq: every path is here.
+    RABBIT_ENV=(
+        PATH="$PATH" LANG=C.UTF-8 HOME="$RABBIT_DIR/home"
+        ERL_EPMD_PORT="$EPMD_PORT" ERL_CRASH_DUMP="$RABBIT_DIR/erl_crash.dump"
+        RABBITMQ_NODENAME="$RABBIT_NODE" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+        RABBITMQ_NODE_PORT="$RABBITMQ_PORT" RABBITMQ_DIST_PORT="$RABBIT_DIST_PORT"
+        RABBITMQ_MNESIA_BASE="$RABBIT_DIR/mnesia" RABBITMQ_LOG_BASE="$RABBIT_DIR/log"
+        RABBITMQ_LOGS="$RUN_DIR/rabbitmq.log" RABBITMQ_PID_FILE="$RABBIT_DIR/rabbit.pid"
+        RABBITMQ_ENABLED_PLUGINS_FILE="$RABBIT_DIR/enabled_plugins"
+        RABBITMQ_CONFIG_FILE="$RABBIT_DIR/rabbitmq.conf"
+        RABBITMQ_ADVANCED_CONFIG_FILE="$RABBIT_DIR/advanced.config"
+        RABBITMQ_CONF_ENV_FILE="$RABBIT_DIR/rabbitmq-env.conf"
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=-kernel inet_dist_use_interface {127,0,0,1}"
+    )
+    mkdir -p "$RABBIT_DIR/home" "$RABBIT_DIR/mnesia" "$RABBIT_DIR/log"
+    # A fresh cookie each run; Erlang wants it readable by its owner only.
+    rm -f "$RABBIT_DIR/home/.erlang.cookie"
+    (umask 077 && python3 -c 'import uuid; print(uuid.uuid4().hex, end="")' >"$RABBIT_DIR/home/.erlang.cookie")
+    chmod 400 "$RABBIT_DIR/home/.erlang.cookie"
+    printf '[].\n' >"$RABBIT_DIR/enabled_plugins"
+    printf '# A private node for run-local: everything else comes from the environment.\n' >"$RABBIT_DIR/rabbitmq.conf"
+    : >"$RABBIT_DIR/rabbitmq-env.conf" # read instead of /etc/rabbitmq/rabbitmq-env.conf
+    : >"$RUN_DIR/rabbitmq.log"
+    : >"$RUN_DIR/rabbitmq.out"
+    : >"$RUN_DIR/epmd.log"
+fi
+
+drop_records() { # drop_records NAME...: removes their lines from the pids file
+    local name pid exe want keep
+    while read -r name pid exe; do
+        keep=1
+        for want in "$@"; do [[ $name == "$want" ]] && keep=; done
+        [[ -n $keep ]] && printf '%s %s %s\n' "$name" "$pid" "$exe"
+    done <"$PIDS_FILE" >"$PIDS_FILE.tmp"
+    mv "$PIDS_FILE.tmp" "$PIDS_FILE"
+}
+
+# RabbitMQ's own epmd, started before the node and waited for: with none
+# answering on ERL_EPMD_PORT the node would start a daemon epmd itself, which
+# would outlive the run.
+start_epmd() {
+    env -u ERL_EPMD_PORT "$EPMD" -port "$EPMD_PORT" -address 127.0.0.1 </dev/null >>"$RUN_DIR/epmd.log" 2>&1 &
+    local pid=$! deadline=$((SECONDS + 10))
+    printf 'epmd %s epmd\n' "$pid" >>"$PIDS_FILE"
+    until (exec 3<>"/dev/tcp/127.0.0.1/$EPMD_PORT") 2>/dev/null; do
+        if ! is_running "$pid"; then
+            log "epmd (pid $pid) exited on start; see $RUN_DIR/epmd.log"
+            return 1
+        fi
+        if ((SECONDS >= deadline)); then
+            log "epmd (pid $pid) does not answer on 127.0.0.1:$EPMD_PORT"
+            return 1
+        fi
+        sleep 0.1
+    done
+    log "epmd pid $pid on 127.0.0.1:$EPMD_PORT (RabbitMQ's own)"
+}
+
+ensure_epmd() {
+    local name pid exe
+    while read -r name pid exe; do
+        is_ours "$pid" "$exe" && return 0
+        wait "$pid" 2>/dev/null || true
+    done < <(records_named epmd)
+    drop_records epmd
+    start_epmd
+}
+
+# The plain launcher (a shell that traps SIGTERM and stops the VM
+# gracefully) in a clean environment; its pid is the one recorded.
+start_rabbitmq() {
+    if ! ensure_epmd; then
+        log "WARNING: RabbitMQ not started: its epmd did not start"
+        return 1
+    fi
+    (cd "$RABBIT_DIR" && exec env -i "${RABBIT_ENV[@]}" "$RABBITMQ_LAUNCHER") \
+        </dev/null >>"$RUN_DIR/rabbitmq.out" 2>&1 &
+    RABBIT_PID=$!
+    printf 'rabbitmq %s rabbitmq-server\n' "$RABBIT_PID" >>"$PIDS_FILE"
+    log "rabbitmq pid $RABBIT_PID ($RABBIT_NODE) on 127.0.0.1:$RABBITMQ_PORT (data $RABBIT_DIR, log $RUN_DIR/rabbitmq.log)"
+}
+
+rabbit_started=$SECONDS
+if [[ -n $RABBITMQ_LAUNCHER ]] && ! start_rabbitmq; then
+    mapfile -t recs < <(records_named epmd)
+    ((${#recs[@]})) && stop_records "${recs[@]}"
+    drop_records epmd rabbitmq
+    rabbit_off "RabbitMQ could not be started"
+fi
+
 deadline=$((SECONDS + 15))
 until (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null; do
     if ! is_running "$NATS_PID"; then
@@ -278,9 +543,51 @@ until (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null; do
 done
 export NATS_URL=nats://127.0.0.1:$NATS_PORT
 
+# Ready: its AMQP port accepts and its log says so.
+rabbit_ready() {
+    grep -qF "Server startup complete" "$RUN_DIR/rabbitmq.log" 2>/dev/null &&
+        (exec 3<>"/dev/tcp/127.0.0.1/$RABBITMQ_PORT") 2>/dev/null
+}
+if [[ -n $RABBITMQ_LAUNCHER ]]; then
+    rabbit_error=
+    deadline=$((rabbit_started + RABBITMQ_START_TIMEOUT))
+    until rabbit_ready; do
+        if ! is_running "$RABBIT_PID"; then
+            rabbit_error="rabbitmq-server exited during start-up"
+            break
+        fi
+        if ((SECONDS >= deadline)); then
+            rabbit_error="RabbitMQ was not ready on 127.0.0.1:$RABBITMQ_PORT within ${RABBITMQ_START_TIMEOUT}s"
+            break
+        fi
+        sleep 0.25
+    done
+    if [[ -n $rabbit_error ]]; then
+        tail -n 30 "$RUN_DIR/rabbitmq.out" "$RUN_DIR/rabbitmq.log" 2>/dev/null | sed 's/^/    /' >&2 || true
+        mapfile -t recs < <(records_named rabbitmq)
+        ((${#recs[@]})) && stop_rabbitmq_records "${recs[@]}"
+        mapfile -t recs < <(records_named epmd)
+        ((${#recs[@]})) && stop_records "${recs[@]}"
+        drop_records epmd rabbitmq
+        rabbit_off "$rabbit_error (see $RUN_DIR/rabbitmq.log and rabbitmq.out)"
+    else
+        log "rabbitmq ready after $((SECONDS - rabbit_started))s"
+    fi
+fi
+if [[ -n $RABBITMQ_LAUNCHER ]]; then
+    export RABBITMQ_URL=amqp://guest:guest@127.0.0.1:$RABBITMQ_PORT/%2f
+    export TPS_FALLBACK=rabbitmq
+else
+    export TPS_FALLBACK=none
+fi
+
 # --- the services ---------------------------------------------------------
 export TPS_LOG_FORMAT=${TPS_LOG_FORMAT:-text}
 rm -f "$RUN_DIR"/*.ports "$RUN_DIR"/*.ports.tmp
+# RabbitMQ's addresses, for tools (tpsctl chaos suite waits for its amqp port).
+[[ -n $RABBITMQ_LAUNCHER ]] &&
+    printf '{"amqp":"127.0.0.1:%s","dist":"127.0.0.1:%s","epmd":"127.0.0.1:%s"}\n' \
+        "$RABBITMQ_PORT" "$RABBIT_DIST_PORT" "$EPMD_PORT" >"$RUN_DIR/rabbitmq.ports"
 
 # start NAME GRPC HTTP METRICS EXE [ARGS...]  (HTTP may be "-" for none)
 start() {
@@ -300,6 +607,8 @@ start() {
 launch() {
     case $1 in
     nats) start_nats ;;
+    epmd) start_epmd || true ;;
+    rabbitmq) start_rabbitmq || true ;;
     gateway) start gateway "$GATEWAY_GRPC_ADDR" "$GATEWAY_HTTP_ADDR" "$GATEWAY_METRICS_ADDR" tps-gateway ;;
     worker-fast) start worker-fast "$WORKER_FAST_GRPC_ADDR" - "$WORKER_FAST_METRICS_ADDR" tps-worker --pool fast ;;
     worker-slow) start worker-slow "$WORKER_SLOW_GRPC_ADDR" - "$WORKER_SLOW_METRICS_ADDR" tps-worker --pool slow ;;
@@ -356,8 +665,16 @@ port() {
     echo
     printf '  %-12s %-8s %-8s %s\n' SERVICE PID LISTENER ADDRESS
     printf '  %-12s %-8s %-8s %s\n' nats "$NATS_PID" client "nats://127.0.0.1:$NATS_PORT"
+    if [[ -n $RABBITMQ_LAUNCHER ]]; then
+        printf '  %-12s %-8s %-8s %s\n' rabbitmq "$RABBIT_PID" amqp "$RABBITMQ_URL"
+        printf '  %-12s %-8s %-8s %s\n' rabbitmq "$RABBIT_PID" dist "127.0.0.1:$RABBIT_DIST_PORT ($RABBIT_NODE)"
+        read -r _ epmd_pid _ < <(records_named epmd) || epmd_pid=-
+        printf '  %-12s %-8s %-8s %s\n' epmd "$epmd_pid" epmd "127.0.0.1:$EPMD_PORT"
+    else
+        printf '  %-12s %-8s %-8s %s\n' rabbitmq - - "not running (TPS_FALLBACK=none)"
+    fi
     while read -r name pid _; do
-        [[ $name == supervisor || $name == nats ]] && continue
+        [[ $name == supervisor || $name == nats || $name == rabbitmq || $name == epmd ]] && continue
         python3 - "$RUN_DIR/$name.ports" "$name" "$pid" <<'PY'
 import json, sys
 path, name, pid = sys.argv[1:4]
@@ -381,6 +698,10 @@ EOF
        -d '{"signal_type":"execute","payload":{"task":"demo"}}'
 EOF
     [[ -x $BIN_DIR/tpsctl ]] && echo "  $BIN_DIR/tpsctl --help"
+    [[ -n $RABBITMQ_LAUNCHER ]] && cat <<EOF
+  env HOME=$RABBIT_DIR/home ERL_EPMD_PORT=$EPMD_PORT \\
+      $(dirname "$RABBITMQ_LAUNCHER")/rabbitmqctl -n $RABBIT_NODE list_queues
+EOF
     echo "  tail -f $RUN_DIR/*.log"
     echo
     echo "Ctrl-C stops everything (or, if started with '&': scripts/run-local.sh stop)."
@@ -401,6 +722,8 @@ while :; do
         [[ $name == supervisor ]] && continue
         is_running "$pid" && continue
         [[ -e $RUN_DIR/$name.down ]] && continue
+        # Already replaced in this round (starting rabbitmq restarts its epmd).
+        grep -q "^$name $pid " "$PIDS_FILE" || continue
         status=0
         wait "$pid" 2>/dev/null || status=$?
         RESTARTS[$name]=$((${RESTARTS[$name]:-0} + 1))

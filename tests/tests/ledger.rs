@@ -9,10 +9,10 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
+use tonic_health::pb::health_check_response::ServingStatus;
 use tps_domain::json::to_struct;
 use tps_e2e::ledger::{assert_ledger, settle, start_load};
 use tps_e2e::{Stack, StackOptions, admin, prom};
-use tonic_health::pb::health_check_response::ServingStatus;
 use tps_proto::v1::{Fault, Pool, SetFaultRequest, SignalType, SubmitRequest};
 
 fn env(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
@@ -118,14 +118,23 @@ async fn workers_sum(stack: &Stack, metric: &str, labels: &[(&str, &str)]) -> f6
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_down_for_10s_fails_over_to_rabbitmq_and_back_losing_nothing() {
     let mut stack = fallback_stack().await;
-    let load = start_load(stack.gateway.url("grpc"), 25, Duration::from_secs(20), mixed);
+    let load = start_load(
+        stack.gateway.url("grpc"),
+        25,
+        Duration::from_secs(20),
+        mixed,
+    );
     tokio::time::sleep(Duration::from_secs(4)).await;
     stack.nats.kill();
     tokio::time::sleep(Duration::from_secs(10)).await;
     // While NATS is down the gateway keeps accepting (on RabbitMQ) and says so.
     let gateway = stack.gateway.metrics().await;
     assert_eq!(
-        prom::sum(&gateway, "tps_queue_backend_active", &[("backend", "rabbitmq")]),
+        prom::sum(
+            &gateway,
+            "tps_queue_backend_active",
+            &[("backend", "rabbitmq")]
+        ),
         1.0,
         "failed over"
     );
@@ -147,12 +156,23 @@ async fn nats_down_for_10s_fails_over_to_rabbitmq_and_back_losing_nothing() {
         1.0
     );
     assert!(
-        workers_sum(&stack, "tps_worker_deliveries_total", &[("backend", "rabbitmq")]).await
+        workers_sum(
+            &stack,
+            "tps_worker_deliveries_total",
+            &[("backend", "rabbitmq")]
+        )
+        .await
             > 0.0,
         "workers did the work accepted on RabbitMQ"
     );
     assert!(
-        workers_sum(&stack, "tps_worker_redriven_total", &[("result", "recorded")]).await > 0.0,
+        workers_sum(
+            &stack,
+            "tps_worker_redriven_total",
+            &[("result", "recorded")]
+        )
+        .await
+            > 0.0,
         "outcomes decided during the outage were re-driven into NATS"
     );
 }
@@ -160,7 +180,12 @@ async fn nats_down_for_10s_fails_over_to_rabbitmq_and_back_losing_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_down_while_nats_is_healthy_changes_nothing() {
     let mut stack = fallback_stack().await;
-    let load = start_load(stack.gateway.url("grpc"), 25, Duration::from_secs(12), mixed);
+    let load = start_load(
+        stack.gateway.url("grpc"),
+        25,
+        Duration::from_secs(12),
+        mixed,
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     tokio::task::block_in_place(|| stack.rabbit.as_mut().unwrap().stop());
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -177,7 +202,12 @@ async fn rabbitmq_down_while_nats_is_healthy_changes_nothing() {
         "NATS never stopped taking work"
     );
     assert_eq!(
-        workers_sum(&stack, "tps_worker_deliveries_total", &[("backend", "rabbitmq")]).await,
+        workers_sum(
+            &stack,
+            "tps_worker_deliveries_total",
+            &[("backend", "rabbitmq")]
+        )
+        .await,
         0.0
     );
 }
@@ -185,7 +215,12 @@ async fn rabbitmq_down_while_nats_is_healthy_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_brokers_down_refuse_with_a_typed_error_and_recover() {
     let mut stack = fallback_stack().await;
-    let load = start_load(stack.gateway.url("grpc"), 25, Duration::from_secs(20), mixed);
+    let load = start_load(
+        stack.gateway.url("grpc"),
+        25,
+        Duration::from_secs(20),
+        mixed,
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     tokio::task::block_in_place(|| stack.rabbit.as_mut().unwrap().stop());
     stack.nats.kill();

@@ -368,7 +368,9 @@ impl Core {
             if pending.len() < PENDING_LIMIT {
                 pending.push(status);
             } else {
-                tracing::warn!("too many statuses waiting for NATS; the worker will record this one");
+                tracing::warn!(
+                    "too many statuses waiting for NATS; the worker will record this one"
+                );
             }
         }
     }
@@ -395,7 +397,11 @@ impl Core {
         }
         let recorded = total - left.len();
         if recorded > 0 {
-            tracing::info!(recorded, left = left.len(), "statuses of fallback-accepted signals recorded");
+            tracing::info!(
+                recorded,
+                left = left.len(),
+                "statuses of fallback-accepted signals recorded"
+            );
         }
         if !left.is_empty()
             && let Ok(mut pending) = self.pending.lock()

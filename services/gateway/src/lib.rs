@@ -39,11 +39,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         &metrics.registry,
     )
     .map_err(|e| StartError::Broker(e.to_string()))?;
-    let fallback = tps_queue::amqp::Fallback::from_config("tps-gateway", &config.common, &config.kanban);
+    let fallback =
+        tps_queue::amqp::Fallback::from_config("tps-gateway", &config.common, &config.kanban);
     let fallback_stop = CancellationToken::new();
-    let keeper = fallback.as_ref().map(|f| f.keep_connected(fallback_stop.clone()));
-    let failover = tps_queue::Failover::new(queue.clone(), breaker.clone(), fallback, &metrics.registry)
-        .map_err(|e| StartError::Broker(e.to_string()))?;
+    let keeper = fallback
+        .as_ref()
+        .map(|f| f.keep_connected(fallback_stop.clone()));
+    let failover =
+        tps_queue::Failover::new(queue.clone(), breaker.clone(), fallback, &metrics.registry)
+            .map_err(|e| StartError::Broker(e.to_string()))?;
     let core = Arc::new(core::Core {
         failover,
         breaker,

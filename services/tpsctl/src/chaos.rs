@@ -15,9 +15,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use clap::{Args, Subcommand, ValueEnum};
 use tonic::transport::Channel;
+use tps_proto::v1::admin_service_client::AdminServiceClient;
 use tps_proto::v1::pool_service_client::PoolServiceClient;
 use tps_proto::v1::signal_service_client::SignalServiceClient;
-use tps_proto::v1::{Fault, GetRequest, Pool, SetFaultRequest, SignalStatus};
+use tps_proto::v1::{
+    CircuitRequest, CircuitState, Fault, GetRequest, Pool, SetFaultRequest, SignalStatus,
+    circuit_request,
+};
 
 use crate::commands::{connect_channel, explain};
 use crate::steady;
@@ -377,6 +381,21 @@ async fn gateway_ready(channel: &Channel) -> bool {
     }
 }
 
+/// The gateway's publish breaker is not OPEN (after a broker outage it stays
+/// open for a while; HALF_OPEN closes with the next successful submits).
+async fn circuit_not_open(channel: &Channel) -> bool {
+    let mut client = AdminServiceClient::new(channel.clone());
+    let request = CircuitRequest {
+        action: circuit_request::Action::Get as i32,
+        breaker: String::new(),
+    };
+    match tokio::time::timeout(steady::CALL_TIMEOUT, client.circuit(request)).await {
+        Ok(Ok(response)) => response.into_inner().state() != CircuitState::Open,
+        Ok(Err(status)) => status.code() == tonic::Code::Unimplemented,
+        Err(_) => false,
+    }
+}
+
 /// RabbitMQ's AMQP port, from run-local's `rabbitmq.ports`, if it runs one.
 fn rabbit_amqp(run_dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(run_dir.join("rabbitmq.ports")).ok()?;
@@ -384,12 +403,15 @@ fn rabbit_amqp(run_dir: &Path) -> Option<String> {
     Some(ports["amqp"].as_str()?.to_owned())
 }
 
-/// Waits until the stack is whole again: the gateway serves Get and
-/// RabbitMQ (when run-local runs one) accepts connections.
+/// Waits until the stack is whole again, so that a scenario does not pay
+/// for the one before: the gateway serves Get, its publish breaker is not
+/// open, and RabbitMQ (when run-local runs one) accepts connections.
 async fn wait_ready(run_dir: &Path, channel: &Channel, within: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + within;
+    let started = Instant::now();
+    let deadline = started + within;
+    let mut noted = false;
     loop {
-        let gateway = gateway_ready(channel).await;
+        let gateway = gateway_ready(channel).await && circuit_not_open(channel).await;
         let rabbit = match rabbit_amqp(run_dir) {
             None => true,
             Some(addr) => tokio::time::timeout(
@@ -404,8 +426,14 @@ async fn wait_ready(run_dir: &Path, channel: &Channel, within: Duration) -> anyh
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "the stack is not ready after {within:?} (gateway serving: {gateway}, rabbitmq accepting: {rabbit})"
+            "the stack is not ready after {within:?} (gateway serving with its breaker not open: {gateway}, rabbitmq accepting: {rabbit})"
         );
+        if !noted && started.elapsed() >= Duration::from_secs(2) {
+            eprintln!(
+                "  waiting for the stack to recover (gateway serving with its breaker not open: {gateway}, rabbitmq accepting: {rabbit})"
+            );
+            noted = true;
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -238,8 +238,8 @@ async fn watch_health(worker: Arc<Worker>, health: tonic_health::server::HealthR
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last = None;
     loop {
-        let connected = worker.queue.connected()
-            || worker.fallback.as_ref().is_some_and(|f| f.connected());
+        let connected =
+            worker.queue.connected() || worker.fallback.as_ref().is_some_and(|f| f.connected());
         let serving = worker.line_state() == LineState::Running && connected;
         if last != Some(serving) {
             let status = if serving {

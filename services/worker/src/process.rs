@@ -390,12 +390,7 @@ fn count_processed(worker: &Worker, signal: &Signal, decided: &SignalStatus, pul
 /// first decision for an attempt wins as always. A failed try is retried
 /// after the first backoff step; tries are counted toward TPS_MAX_DELIVER
 /// only while the bucket can record them.
-async fn process_without_nats(
-    worker: &Worker,
-    message: &Delivery,
-    item: WorkItem,
-    delivered: u32,
-) {
+async fn process_without_nats(worker: &Worker, message: &Delivery, item: WorkItem, delivered: u32) {
     let pulled = Instant::now();
     let pool = names::pool(worker.pool());
     let signal = item.signal.clone().unwrap_or_default();

@@ -11,9 +11,12 @@
 //! it is open every publish goes straight to RabbitMQ; once its open period
 //! ends, half-open probes try JetStream again and the first success closes
 //! it: the path fails back. A full queue on either broker is a refusal
-//! (QUEUE_FULL), never a reason to fail over. When both brokers fail, the
-//! publish fails with [`QueueError::Unavailable`]: nothing is answered
-//! "accepted" unless one broker made it durable.
+//! (QUEUE_FULL), never a reason to fail over. When RabbitMQ fails while the
+//! breaker holds JetStream out, JetStream is tried once anyway (it may have
+//! recovered before the breaker's open period ended), unless an operator
+//! forced the breaker open. When both brokers fail, the publish fails with
+//! [`QueueError::Unavailable`]: nothing is answered "accepted" unless one
+//! broker made it durable.
 //!
 //! Series: `tps_queue_backend_active{backend}` (1 for the broker new work
 //! goes to), `tps_queue_failovers_total{to}`, and per backend
@@ -192,11 +195,19 @@ impl Failover {
         self.active.lock().map_or(Backend::Nats, |a| *a)
     }
 
-    /// Whether a publish can be made durable somewhere right now: JetStream
-    /// connected with its breaker not open, or the fallback connected.
+    /// Whether a publish can be made durable somewhere right now: the
+    /// fallback connected, or JetStream connected and not held out by its
+    /// breaker (with a fallback configured, only an operator's force-open
+    /// holds it out: see [`Failover::publish_work`]).
     pub fn can_publish(&self) -> bool {
-        (self.nats.connected() && self.breaker.state() != tps_jidoka::State::Open)
-            || self.rabbit.as_ref().is_some_and(|r| r.connected())
+        if self.rabbit.as_ref().is_some_and(|r| r.connected()) {
+            return true;
+        }
+        if !self.nats.connected() {
+            return false;
+        }
+        let breaker = self.breaker.snapshot();
+        breaker.state != tps_jidoka::State::Open || (self.rabbit.is_some() && !breaker.forced)
     }
 
     fn switch(&self, to: Backend, why: &str) {
@@ -209,9 +220,15 @@ impl Failover {
         let from = *active;
         *active = to;
         drop(active);
-        self.metrics.active.with_label_values(&[from.as_str()]).set(0);
+        self.metrics
+            .active
+            .with_label_values(&[from.as_str()])
+            .set(0);
         self.metrics.active.with_label_values(&[to.as_str()]).set(1);
-        self.metrics.failovers.with_label_values(&[to.as_str()]).inc();
+        self.metrics
+            .failovers
+            .with_label_values(&[to.as_str()])
+            .inc();
         match to {
             Backend::RabbitMq => {
                 tracing::warn!(from = from.as_str(), to = to.as_str(), reason = %why, "failing over: new work goes to RabbitMQ")
@@ -271,9 +288,7 @@ impl Failover {
                         .publish_errors
                         .with_label_values(&["nats"])
                         .inc();
-                    BreakerError::Inner(QueueError::Unavailable(
-                        "not connected to NATS".to_owned(),
-                    ))
+                    BreakerError::Inner(QueueError::Unavailable("not connected to NATS".to_owned()))
                 }
                 Err(rejected) => BreakerError::Open(rejected),
             }
@@ -297,6 +312,37 @@ impl Failover {
             }
             Err(QueueError::Full(pool)) => Err(BreakerError::Inner(QueueError::Full(pool))),
             Err(e) => {
+                // The breaker kept JetStream out, but it may have recovered
+                // since (it stays open for TPS_CB_TIMEOUT): with RabbitMQ
+                // gone too, try it once before refusing. Not when an
+                // operator forced the breaker open.
+                if matches!(nats_error, BreakerError::Open(_))
+                    && self.nats.connected()
+                    && !self.breaker.snapshot().forced
+                {
+                    let began = Instant::now();
+                    match self.nats.publish_work(&item, &trace).await {
+                        Ok(duplicate) => {
+                            self.observe(Backend::Nats, began);
+                            self.switch(
+                                Backend::Nats,
+                                &format!("RabbitMQ failed ({e}) and JetStream took the work"),
+                            );
+                            return Ok(Published {
+                                backend: Backend::Nats,
+                                duplicate,
+                            });
+                        }
+                        Err(QueueError::Full(pool)) => {
+                            return Err(BreakerError::Inner(QueueError::Full(pool)));
+                        }
+                        Err(_) => self
+                            .metrics
+                            .publish_errors
+                            .with_label_values(&["nats"])
+                            .inc(),
+                    }
+                }
                 self.metrics
                     .publish_errors
                     .with_label_values(&["rabbitmq"])

@@ -109,7 +109,11 @@ impl Names {
     /// RabbitMQ: a pool's results recorded while NATS was down,
     /// `tps.results.<pool>`, re-driven into TPS_RESULTS once it is back.
     pub fn amqp_results(&self, pool: Pool) -> String {
-        format!("{}.results.{}", self.prefix(), tps_domain::names::pool(pool))
+        format!(
+            "{}.results.{}",
+            self.prefix(),
+            tps_domain::names::pool(pool)
+        )
     }
 
     /// RabbitMQ: the exchange rejected work is dead-lettered through.
