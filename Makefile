@@ -1,6 +1,6 @@
 # TPS: the seed's make targets. `make` (or `make help`) lists them.
 #
-# Real now: build run-local test fmt lint health status metrics clean.
+# Real now: build run-local test fmt lint health status metrics clean, chaos and chaos-*.
 # The rest belong to later issues and say so (exit 1) instead of pretending.
 
 SHELL := /bin/bash
@@ -34,7 +34,7 @@ help: ## List the targets
 build: ## Build the release binaries (tps-gateway, tps-worker, tps-aggregator, tpsctl)
 	$(CARGO) build --release --bins
 
-run-local: ## Run NATS + the four services on this machine, no Docker (Ctrl-C stops; see scripts/run-local.sh)
+run-local: ## Run NATS, RabbitMQ and the four services on this machine, no Docker (Ctrl-C stops; see scripts/run-local.sh)
 	bash scripts/run-local.sh
 
 # Each step runs in order; the first failure stops the target.
