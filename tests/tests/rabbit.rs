@@ -3,6 +3,7 @@
 //! priorities, headers and dead-lettering.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
@@ -31,13 +32,19 @@ async fn work_is_confirmed_taken_by_priority_and_dead_lettered_on_reject() {
     let node = Node::start(dir.path());
     let names = Names::new(&format!("t{}", uuid::Uuid::new_v4().simple()));
     // Room for exactly the backlog below (Kanban: x-max-length).
-    let rabbit = Rabbit::connect(&node.url, names.clone(), "test", 8)
+    let rabbit = Rabbit::connect(&node.url, names.clone(), "test", 8, Duration::from_secs(5))
         .await
         .expect("connect");
     // Declaring again is harmless (every service does it at start-up).
-    Rabbit::connect(&node.url, names.clone(), "test-2", 8)
-        .await
-        .expect("idempotent topology");
+    Rabbit::connect(
+        &node.url,
+        names.clone(),
+        "test-2",
+        8,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("idempotent topology");
 
     let trace = HashMap::from([(
         "traceparent".to_owned(),

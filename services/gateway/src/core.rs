@@ -113,9 +113,18 @@ impl Core {
         // from the key) still makes a repeat land on the same record.
         let lookup = valid.idempotency_key.is_some()
             && (self.queue.connected() || self.failover.fallback().is_none());
-        if lookup && let Some(existing) = self.queue.status(&id).await? {
-            tracing::info!(signal_id = %id, "repeated submit answered from the first one");
-            return Ok(response_from_status(&existing.status, self, true));
+        if lookup {
+            match self.queue.status(&id).await {
+                Ok(Some(existing)) => {
+                    tracing::info!(signal_id = %id, "repeated submit answered from the first one");
+                    return Ok(response_from_status(&existing.status, self, true));
+                }
+                Ok(None) => {}
+                Err(e) if self.failover.fallback().is_some() => {
+                    tracing::warn!(signal_id = %id, error = %e, "repeat lookup failed; accepting (the id keeps repeats on one record)")
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
 
         let submitted_at = SystemTime::now();

@@ -81,6 +81,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     .await?;
 
     let watcher = tokio::spawn(watch_health(core.clone(), standard.health.clone()));
+    let flusher = tokio::spawn(flush_pending(core.clone()));
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {
         axum::serve(http_listener, http::router(core))
@@ -101,6 +102,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     // Stopping: the health watcher has already said NOT_SERVING; wait for the
     // HTTP facade to finish its in-flight requests.
     watcher.abort();
+    flusher.abort();
     match http.await {
         Ok(Err(e)) => tracing::error!(error = %e, "HTTP facade failed"),
         Err(e) => tracing::error!(error = %e, "HTTP facade task failed"),
@@ -114,10 +116,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     Ok(served?)
 }
 
+/// Records the statuses of signals accepted on RabbitMQ once NATS is back
+/// (its own task, so a long backlog never holds up the health loop).
+async fn flush_pending(core: core::SharedCore) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while !core.shutdown.is_cancelled() {
+        tick.tick().await;
+        if core.queue.connected() {
+            core.flush_pending().await;
+        }
+    }
+}
+
 /// Keeps grpc health and the queue gauges current: SERVING while new work
 /// can be made durable (NATS, or the RabbitMQ fallback), NOT_SERVING when
-/// neither broker can take it and from the moment shutdown starts. Also
-/// records the statuses of signals accepted on RabbitMQ once NATS is back.
+/// neither broker can take it and from the moment shutdown starts.
 async fn watch_health(core: core::SharedCore, health: tonic_health::server::HealthReporter) {
     let mut last = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -160,7 +173,6 @@ async fn watch_health(core: core::SharedCore, health: tonic_health::server::Heal
         if !core.queue.connected() {
             continue;
         }
-        core.flush_pending().await;
         for (pool, stats) in core.queues().await {
             if let Ok(s) = stats {
                 let label = [tps_domain::names::pool(pool)];

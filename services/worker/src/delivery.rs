@@ -81,7 +81,13 @@ impl Delivery {
                     AckKind::Term => acker.reject(BasicRejectOptions { requeue: false }).await,
                     AckKind::Progress | AckKind::Next => Ok(true),
                 };
-                done.map(|_| ()).map_err(|e| e.to_string())
+                match done {
+                    Ok(true) => Ok(()),
+                    Ok(false) => {
+                        Err("the delivery's channel is closed; RabbitMQ redelivers it".to_owned())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
             }
         }
     }

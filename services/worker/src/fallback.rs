@@ -5,8 +5,9 @@
 //! NATS outage is done whichever broker is up. Kanban holds here too: the
 //! channel's prefetch is the replica's capacity, and every delivery waits for
 //! one of the same handler permits the pull loop uses. While the line is
-//! paused, drained or stopped by the breaker, the consumer is cancelled and
-//! what it held is handed back.
+//! paused, drained or stopped by the breaker, the consumer is cancelled:
+//! deliveries not started yet are handed back, those being handled finish
+//! on their channel (each handler keeps it open until it has answered).
 //!
 //! [`redrive`]: while NATS is connected, the outcomes decided during an
 //! outage (`tps.results.<pool>`) are moved into the status bucket and
@@ -44,9 +45,19 @@ async fn pause(worker: &Worker, d: Duration) -> bool {
 /// Stops a consumer: no more deliveries; those it received but did not
 /// hand out go back to the queue.
 async fn cancel(channel: &lapin::Channel, consumer: &mut lapin::Consumer, tag: &str) {
-    let _ = channel
-        .basic_cancel(tag.into(), BasicCancelOptions::default())
-        .await;
+    let cancelled = tokio::time::timeout(
+        Duration::from_secs(5),
+        channel.basic_cancel(tag.into(), BasicCancelOptions::default()),
+    )
+    .await;
+    if !matches!(cancelled, Ok(Ok(()))) {
+        // Not cancelled: closing the channel hands everything back instead
+        // (what is still running is then redelivered; its status
+        // compare-and-set keeps one outcome).
+        tracing::warn!("RabbitMQ consumer cancel failed; closing its channel");
+        let _ = channel.close(200, "consumer stopped".into()).await;
+        return;
+    }
     while let Ok(Some(Ok(d))) =
         tokio::time::timeout(Duration::from_millis(200), consumer.next()).await
     {
@@ -112,9 +123,13 @@ pub async fn consume(worker: Arc<Worker>, fallback: Arc<Fallback>, tracker: Task
                             }
                         };
                         let w = worker.clone();
+                        // The channel stays open while a delivery of it is
+                        // handled (closing it would requeue running work).
+                        let open = channel.clone();
                         tracker.spawn(async move {
                             process::handle(&w, Delivery::Amqp(delivery)).await;
                             drop(permit);
+                            drop(open);
                         });
                     }
                     Some(Err(e)) => {

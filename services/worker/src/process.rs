@@ -136,6 +136,13 @@ async fn process(worker: &Worker, message: &Delivery, item: WorkItem, delivered:
             ack(worker, message, AckKind::Ack).await;
             return;
         }
+        // The bucket does not answer although the connection is up
+        // (JetStream restarting, no leader): RabbitMQ work goes the way it
+        // goes while NATS is down.
+        Claim::Unavailable if message.is_amqp() => {
+            process_without_nats(worker, message, item, delivered).await;
+            return;
+        }
         Claim::Unavailable => {
             ack(worker, message, AckKind::Nak(Some(RETRY_DELAY))).await;
             return;

@@ -45,6 +45,22 @@ pub struct Rabbit {
     connection: Connection,
     publisher: Channel,
     names: Names,
+    /// Bound on every broker call (`TPS_PUBLISH_TIMEOUT`): a blocked or
+    /// half-open connection must not hang a submit or a handler.
+    timeout: Duration,
+}
+
+/// `call`, or Unavailable after `limit`.
+async fn bounded<T>(
+    limit: Duration,
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, QueueError>>,
+) -> Result<T, QueueError> {
+    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+        Err(QueueError::Unavailable(format!(
+            "RabbitMQ {what} timed out after {limit:?}"
+        )))
+    })
 }
 
 impl Rabbit {
@@ -55,6 +71,7 @@ impl Rabbit {
         names: Names,
         client_name: &str,
         buffer_per_pool: u32,
+        timeout: Duration,
     ) -> Result<Self, QueueError> {
         let properties = ConnectionProperties::default().with_connection_name(client_name.into());
         let connection = Connection::connect(url, properties)
@@ -133,6 +150,7 @@ impl Rabbit {
             connection,
             publisher,
             names,
+            timeout,
         })
     }
 
@@ -140,8 +158,11 @@ impl Rabbit {
         &self.names
     }
 
+    /// Connected, and not blocked by the broker (a memory or disk alarm:
+    /// publishes would wait until it clears).
     pub fn connected(&self) -> bool {
-        self.connection.status().connected() && self.publisher.status().connected()
+        let status = self.connection.status();
+        status.connected() && !status.blocked() && self.publisher.status().connected()
     }
 
     /// Publishes a work item and waits for the broker's confirm. A nack
@@ -213,21 +234,31 @@ impl Rabbit {
         let properties = properties
             .with_delivery_mode(2) // persistent
             .with_headers(headers);
-        let confirm = self
-            .publisher
-            .basic_publish(
-                ShortString::from(""),
-                queue.into(),
-                BasicPublishOptions::default(),
-                payload,
-                properties,
-            )
-            .await
-            .map_err(unavailable)?
-            .await
-            .map_err(unavailable)?;
+        let publish = async {
+            self.publisher
+                .basic_publish(
+                    ShortString::from(""),
+                    queue.into(),
+                    // Mandatory: a message no queue takes comes back
+                    // instead of being confirmed and dropped.
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    payload,
+                    properties,
+                )
+                .await
+                .map_err(unavailable)?
+                .await
+                .map_err(unavailable)
+        };
+        let confirm = bounded(self.timeout, "publish", publish).await?;
         match confirm {
-            Confirmation::Ack(_) => Ok(()),
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(QueueError::Unavailable(format!(
+                "RabbitMQ returned the message: no queue {queue}"
+            ))),
             Confirmation::Nack(_) => Err(QueueError::Full(queue.to_owned())),
             other => Err(QueueError::Unavailable(format!(
                 "RabbitMQ did not confirm the publish: {other:?}"
@@ -265,6 +296,20 @@ impl Rabbit {
         prefetch: u16,
         tag: &str,
     ) -> Result<(Channel, lapin::Consumer), QueueError> {
+        bounded(
+            self.timeout,
+            "consume",
+            self.open_consumer(queue, prefetch, tag),
+        )
+        .await
+    }
+
+    async fn open_consumer(
+        &self,
+        queue: &str,
+        prefetch: u16,
+        tag: &str,
+    ) -> Result<(Channel, lapin::Consumer), QueueError> {
         let channel = self
             .connection
             .create_channel()
@@ -288,19 +333,27 @@ impl Rabbit {
 
     /// Messages waiting in `pool`'s work queue (not counting unacked ones).
     pub async fn work_depth(&self, pool: Pool) -> Result<u32, QueueError> {
-        let queue = self
-            .publisher
-            .queue_declare(
-                self.names.amqp_work_queue(pool).into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(unavailable)?;
-        Ok(queue.message_count())
+        let declare = async {
+            self.publisher
+                .queue_declare(
+                    self.names.amqp_work_queue(pool).into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(unavailable)
+        };
+        Ok(bounded(self.timeout, "queue depth", declare)
+            .await?
+            .message_count())
+    }
+
+    /// The bound on broker calls, for callers that make their own.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 }
 
@@ -318,18 +371,26 @@ pub struct Fallback {
     names: Names,
     client_name: String,
     buffer_per_pool: u32,
+    timeout: Duration,
     current: Mutex<Option<Arc<Rabbit>>>,
-    /// Held while connecting; the time of the last attempt.
-    connecting: tokio::sync::Mutex<Option<Instant>>,
+    /// Held while connecting; when the last attempt ended and how.
+    connecting: tokio::sync::Mutex<Option<(Instant, String)>>,
 }
 
 impl Fallback {
-    pub fn new(url: &str, names: Names, client_name: &str, buffer_per_pool: u32) -> Arc<Self> {
+    pub fn new(
+        url: &str,
+        names: Names,
+        client_name: &str,
+        buffer_per_pool: u32,
+        timeout: Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
             url: url.to_owned(),
             names,
             client_name: client_name.to_owned(),
             buffer_per_pool,
+            timeout,
             current: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(None),
         })
@@ -348,6 +409,7 @@ impl Fallback {
                 Names::new(&common.namespace),
                 &format!("{service} {}", common.instance_id),
                 kanban.buffer,
+                common.publish_timeout,
             )
         })
     }
@@ -366,24 +428,28 @@ impl Fallback {
         self.current().is_some()
     }
 
-    /// The connection, connecting first if it is down (unless an attempt
-    /// failed less than a second ago).
+    /// The connection, connecting first if it is down, unless an attempt
+    /// failed less than a second ago or one is under way (then it fails at
+    /// once: a caller never queues behind a slow connect).
     pub async fn get(&self) -> Result<Arc<Rabbit>, QueueError> {
         if let Some(r) = self.current() {
             return Ok(r);
         }
-        let mut last = self.connecting.lock().await;
+        let Ok(mut last) = self.connecting.try_lock() else {
+            return Err(QueueError::Unavailable(
+                "RabbitMQ is not connected (connecting)".to_owned(),
+            ));
+        };
         if let Some(r) = self.current() {
             return Ok(r);
         }
-        if let Some(at) = *last
+        if let Some((at, _)) = &*last
             && at.elapsed() < RECONNECT_INTERVAL
         {
             return Err(QueueError::Unavailable(
                 "RabbitMQ is not connected (reconnecting)".to_owned(),
             ));
         }
-        *last = Some(Instant::now());
         let attempt = tokio::time::timeout(
             CONNECT_TIMEOUT,
             Rabbit::connect(
@@ -391,6 +457,7 @@ impl Fallback {
                 self.names.clone(),
                 &self.client_name,
                 self.buffer_per_pool,
+                self.timeout,
             ),
         )
         .await
@@ -402,11 +469,19 @@ impl Fallback {
                 if let Ok(mut current) = self.current.lock() {
                     *current = Some(rabbit.clone());
                 }
+                *last = None;
                 tracing::info!(url = %tps_runtime::config::redact_url(&self.url), "RabbitMQ (fallback) connected");
                 Ok(rabbit)
             }
             Err(e) => {
-                tracing::debug!(error = %e, "RabbitMQ (fallback) not reachable");
+                // Said once per kind of failure: a refused connection while
+                // RabbitMQ is down is expected, a topology mismatch (e.g.
+                // services with different TPS_KANBAN_BUFFER) is not.
+                let why = e.to_string();
+                if last.as_ref().is_none_or(|(_, before)| *before != why) {
+                    tracing::warn!(error = %why, url = %tps_runtime::config::redact_url(&self.url), "RabbitMQ (fallback) not available");
+                }
+                *last = Some((Instant::now(), why));
                 Err(e)
             }
         }
