@@ -45,6 +45,13 @@ impl Config {
     }
 }
 
+/// Whether `r` finished at or after `t` (results without a time count as old).
+fn finished_after(r: &tps_proto::v1::WorkResult, t: std::time::SystemTime) -> bool {
+    r.finished_at
+        .and_then(|f| std::time::SystemTime::try_from(f).ok())
+        .is_some_and(|f| f >= t)
+}
+
 /// Runs the aggregator until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     let metrics = counts::Metrics::new().map_err(|e| StartError::Broker(e.to_string()))?;
@@ -73,6 +80,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         &[("grpc", grpc_addr), ("metrics", metrics_addr)],
     )?;
 
+    let started = std::time::SystemTime::now();
     let results = queue.replay_results().await?;
     let consume_stop = shutdown.clone();
     let consumer_state = state.clone();
@@ -81,6 +89,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         while let Some(result) = results.next().await {
             match result {
                 Ok(r) => {
+                    // Live results join their signal's trace; the replay of
+                    // history at start-up adds no spans to old traces.
+                    let span = if finished_after(&r, started) {
+                        let span = tracing::info_span!(
+                            "aggregate",
+                            signal.id = %r.signal_id,
+                            pool = tps_domain::names::pool(r.pool()),
+                            outcome = tps_domain::names::state(r.state()),
+                            attempt = r.attempt,
+                        );
+                        tps_runtime::propagation::set_parent(&span, &r.trace_context);
+                        span
+                    } else {
+                        tracing::Span::none()
+                    };
+                    let _entered = span.enter();
                     let fresh = consumer_state
                         .lock()
                         .map(|mut c| c.record(&r))

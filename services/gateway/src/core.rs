@@ -67,6 +67,8 @@ impl Core {
             signal.r#type = field::Empty,
             pool = field::Empty,
             trace_id = field::Empty,
+            otel.status_code = field::Empty,
+            otel.status_description = field::Empty,
         );
         tps_runtime::propagation::set_parent(&span, parent);
         let trace_id = tps_runtime::telemetry::trace_id(&span);
@@ -80,6 +82,8 @@ impl Core {
             .submit_seconds
             .observe(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", e.reason());
             span.in_scope(|| self.refused(e));
         }
         result
@@ -98,8 +102,12 @@ impl Core {
         span: &tracing::Span,
         trace_id: String,
     ) -> Result<SubmitResponse, ApiError> {
-        let valid = validate::submit(&req).map_err(ApiError::Invalid)?;
+        let valid = tracing::info_span!("validate")
+            .in_scope(|| validate::submit(&req))
+            .map_err(ApiError::Invalid)?;
+        let admit = tracing::info_span!("admit", pool = field::Empty, repeat = field::Empty);
         let pool = routing::route(valid.signal_type, valid.pool);
+        admit.record("pool", names::pool(pool));
         let id = match &valid.idempotency_key {
             Some(key) => uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, key.as_bytes()),
             None => uuid::Uuid::now_v7(),
@@ -114,8 +122,9 @@ impl Core {
         let lookup = valid.idempotency_key.is_some()
             && (self.queue.connected() || self.failover.fallback().is_none());
         if lookup {
-            match self.queue.status(&id).await {
+            match self.queue.status(&id).instrument(admit.clone()).await {
                 Ok(Some(existing)) => {
+                    admit.record("repeat", true);
                     tracing::info!(signal_id = %id, "repeated submit answered from the first one");
                     return Ok(response_from_status(&existing.status, self, true));
                 }
@@ -141,14 +150,25 @@ impl Core {
             pool: pool as i32,
             submitted_at: Some(Timestamp::from(submitted_at)),
         };
-        let trace = tps_runtime::propagation::inject(span);
+        drop(admit);
+        // The worker's span continues from this one (its parent is the
+        // context carried in the work item and the broker headers).
+        let publish =
+            tracing::info_span!("publish", backend = field::Empty, duplicate = field::Empty);
+        let trace = tps_runtime::propagation::inject(&publish);
         let item = WorkItem {
             signal: Some(signal.clone()),
             attempt: 1,
             enqueued_at: Some(now()),
             trace_context: trace.clone(),
         };
-        let published = self.enqueue(item, trace.clone()).await?;
+        let published = self
+            .enqueue(item, trace.clone())
+            .instrument(publish.clone())
+            .await?;
+        publish.record("backend", published.backend.as_str());
+        publish.record("duplicate", published.duplicate);
+        drop(publish);
         let duplicate = published.duplicate;
         if duplicate {
             // The same idempotency key raced in twice within the duplicate
@@ -197,7 +217,8 @@ impl Core {
         let id = validate::signal_id("id", id).map_err(ApiError::Invalid)?;
         match self.queue.status(&id).await? {
             Some(entry) => Ok(entry.status),
-            None => Err(ApiError::NotFound(id)),
+            // Accepted on RabbitMQ during an outage and not recorded yet.
+            None => self.pending_status(&id).ok_or(ApiError::NotFound(id)),
         }
     }
 
@@ -372,6 +393,14 @@ impl Core {
         self.failover.can_publish() && !self.shutdown.is_cancelled()
     }
 
+    fn pending_status(&self, id: &str) -> Option<SignalStatus> {
+        let pending = self.pending.lock().ok()?;
+        pending
+            .iter()
+            .find(|s| s.signal.as_ref().is_some_and(|g| g.id == id))
+            .cloned()
+    }
+
     fn remember_pending(&self, status: SignalStatus) {
         if let Ok(mut pending) = self.pending.lock() {
             if pending.len() < PENDING_LIMIT {
@@ -388,34 +417,30 @@ impl Core {
     /// down (create-only: a worker's record, if there is one, stays). Called
     /// by the health loop while NATS is connected.
     pub async fn flush_pending(&self) {
+        // A copy: the records stay visible to Get until they are written.
+        // Only this task removes records, and new ones go to the back, so
+        // the first `recorded` are the ones written.
         let batch = match self.pending.lock() {
-            Ok(mut pending) if !pending.is_empty() => std::mem::take(&mut *pending),
+            Ok(pending) if !pending.is_empty() => pending.clone(),
             _ => return,
         };
-        let total = batch.len();
-        let mut left = Vec::new();
-        for status in batch {
-            if !left.is_empty() {
-                left.push(status);
-                continue;
-            }
-            if let Err(e) = self.queue.create_status(&status).await {
+        let mut recorded = 0;
+        for status in &batch {
+            if let Err(e) = self.queue.create_status(status).await {
                 tracing::debug!(error = %e, "pending statuses not recorded yet");
-                left.push(status);
+                break;
             }
+            recorded += 1;
         }
-        let recorded = total - left.len();
         if recorded > 0 {
+            if let Ok(mut pending) = self.pending.lock() {
+                pending.drain(..recorded);
+            }
             tracing::info!(
                 recorded,
-                left = left.len(),
+                left = batch.len() - recorded,
                 "statuses of fallback-accepted signals recorded"
             );
-        }
-        if !left.is_empty()
-            && let Ok(mut pending) = self.pending.lock()
-        {
-            pending.extend(left);
         }
     }
 

@@ -27,7 +27,7 @@ pub enum ApiError {
     Conflict(String),
     #[error("the {pool} queue is full; retry later")]
     QueueFull { pool: String },
-    #[error("the queue is unavailable; the signal was not accepted")]
+    #[error("the queue is unavailable: nothing was accepted or changed; retry later")]
     QueueUnavailable,
     #[error("circuit open: the gateway is refusing work until the broker recovers; retry in {}s", .retry_after.as_secs().max(1))]
     CircuitOpen { retry_after: Duration },

@@ -62,7 +62,11 @@ async fn ack(worker: &Worker, message: &Delivery, kind: AckKind) {
         .acks
         .with_label_values(&[names::pool(worker.pool()), label])
         .inc();
-    if let Err(e) = message.answer(kind).await {
+    let span = match kind {
+        AckKind::Progress => tracing::Span::none(),
+        _ => tracing::info_span!("ack", kind = label),
+    };
+    if let Err(e) = message.answer(kind).instrument(span).await {
         tracing::warn!(error = %e, kind = label, "ack failed; the broker will redeliver (a redelivery of finished work is a no-op)");
     }
 }
@@ -97,7 +101,10 @@ pub async fn handle(worker: &Worker, message: Delivery) {
         attempt = item.attempt,
         delivered,
         backend = message.backend(),
+        queue_wait_ms = elapsed_since(&item.enqueued_at).map_or(0, |s| (s * 1000.0) as u64),
         trace_id = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
     );
     tps_runtime::propagation::set_parent(&span, &item.trace_context);
     span.record("trace_id", tps_runtime::telemetry::trace_id(&span).as_str());
@@ -161,7 +168,10 @@ async fn process(worker: &Worker, message: &Delivery, item: WorkItem, delivered:
             output: None,
         }
     } else {
-        match call_downstream(worker, message, &signal).await {
+        match call_downstream(worker, message, &signal)
+            .instrument(tracing::info_span!("downstream"))
+            .await
+        {
             Ok(outcome) => outcome,
             Err(CallError::Open(retry_after)) => {
                 // Not this item's fault: put it back for later or for a
@@ -367,6 +377,11 @@ fn count_processed(worker: &Worker, signal: &Signal, decided: &SignalStatus, pul
     let pool = names::pool(worker.pool());
     let type_name = names::signal_type(signal.r#type());
     let outcome_name = names::state(decided.state());
+    let span = tracing::Span::current();
+    span.record("outcome", outcome_name);
+    if decided.state() != SignalState::Succeeded {
+        span.record("otel.status_code", "ERROR");
+    }
     worker
         .metrics
         .processed
@@ -413,7 +428,10 @@ async fn process_without_nats(worker: &Worker, message: &Delivery, item: WorkIte
             output: None,
         }
     } else {
-        match call_downstream(worker, message, &signal).await {
+        match call_downstream(worker, message, &signal)
+            .instrument(tracing::info_span!("downstream"))
+            .await
+        {
             Ok(outcome) => outcome,
             Err(CallError::Open(retry_after)) => {
                 ack(worker, message, AckKind::Nak(Some(retry_after))).await;
@@ -442,16 +460,21 @@ async fn process_without_nats(worker: &Worker, message: &Delivery, item: WorkIte
         finished_at: Some(finished_at),
         ..Default::default()
     };
-    let result = result_of(&decided, item.enqueued_at, delivered);
+    let publish = tracing::info_span!("publish_result", backend = "rabbitmq");
+    let result = publish.in_scope(|| result_of(&decided, item.enqueued_at, delivered));
     let trace = result.trace_context.clone();
     let record = FallbackRecord {
         status: Some(decided.clone()),
         result: Some(result),
     };
-    let stored = match fallback.get().await {
-        Ok(rabbit) => rabbit.publish_record(&record, &trace).await,
-        Err(e) => Err(e),
-    };
+    let stored = async {
+        match fallback.get().await {
+            Ok(rabbit) => rabbit.publish_record(&record, &trace).await,
+            Err(e) => Err(e),
+        }
+    }
+    .instrument(publish)
+    .await;
     if let Err(e) = stored {
         tracing::warn!(error = %e, "outcome not stored on RabbitMQ; the item will be redelivered");
         ack(worker, message, AckKind::Nak(Some(RETRY_DELAY))).await;
@@ -574,10 +597,13 @@ async fn publish_and_ack(
     decided: &SignalStatus,
     delivered: u32,
 ) -> bool {
-    let result = result_of(decided, item.enqueued_at, delivered);
+    let publish = tracing::info_span!("publish_result", backend = "nats");
+    // The aggregator's span continues from this one.
+    let result = publish.in_scope(|| result_of(decided, item.enqueued_at, delivered));
     if let Err(e) = worker
         .queue
         .publish_result(&result, &result.trace_context)
+        .instrument(publish)
         .await
     {
         tracing::warn!(error = %e, "result not stored; the item will be redelivered");
