@@ -589,6 +589,20 @@ impl Stack {
         tps_proto::v1::signal_service_client::SignalServiceClient::new(self.gateway.channel().await)
     }
 
+    /// Stops the fallback broker (gracefully; it blocks for about a second,
+    /// off the async workers). Panics without [`StackOptions::rabbit`].
+    pub fn stop_rabbit(&mut self) {
+        let rabbit = self.rabbit.as_mut().expect("a stack with RabbitMQ");
+        tokio::task::block_in_place(|| rabbit.stop());
+    }
+
+    /// Starts the fallback broker again (same port and data) and waits until
+    /// it is ready (seconds, off the async workers).
+    pub fn restart_rabbit(&mut self) {
+        let rabbit = self.rabbit.as_mut().expect("a stack with RabbitMQ");
+        tokio::task::block_in_place(|| rabbit.restart());
+    }
+
     /// The gateway's HTTP facade base URL.
     pub fn http(&self) -> String {
         self.gateway.url("http")

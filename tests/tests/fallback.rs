@@ -71,7 +71,7 @@ async fn failed_over_work_is_done_and_an_open_breaker_still_lets_a_healthy_jetst
 
     // NATS returns; the breaker is still open (5 min). RabbitMQ goes away.
     stack.nats.restart();
-    tokio::task::block_in_place(|| stack.rabbit.as_mut().unwrap().stop());
+    stack.stop_rabbit();
     eventually(Duration::from_secs(10), "NATS reconnected", || {
         let url = stack.http();
         async move {
@@ -99,7 +99,7 @@ async fn failed_over_work_is_done_and_an_open_breaker_still_lets_a_healthy_jetst
     );
 
     // What was accepted on RabbitMQ before it stopped is done once it is back.
-    tokio::task::block_in_place(|| stack.rabbit.as_mut().unwrap().restart());
+    stack.restart_rabbit();
     for id in &ids {
         let done = wait_terminal(&mut client, id).await;
         assert_eq!(

@@ -187,10 +187,10 @@ async fn rabbitmq_down_while_nats_is_healthy_changes_nothing() {
         mixed,
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    tokio::task::block_in_place(|| stack.rabbit.as_mut().unwrap().stop());
+    stack.stop_rabbit();
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(stack.gateway.health().await, ServingStatus::Serving);
-    tokio::task::block_in_place(|| stack.rabbit.as_mut().unwrap().restart());
+    stack.restart_rabbit();
     let recovered_at = Instant::now();
     let report = load.await.unwrap();
     let ledger = settle(&stack, &report, recovered_at).await;
@@ -222,7 +222,7 @@ async fn both_brokers_down_refuse_with_a_typed_error_and_recover() {
         mixed,
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    tokio::task::block_in_place(|| stack.rabbit.as_mut().unwrap().stop());
+    stack.stop_rabbit();
     stack.nats.kill();
     // Nothing can be made durable: the gateway says so in its health.
     tps_e2e::eventually(Duration::from_secs(5), "gateway NOT_SERVING", || {
@@ -232,7 +232,7 @@ async fn both_brokers_down_refuse_with_a_typed_error_and_recover() {
     .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     stack.nats.restart();
-    tokio::task::block_in_place(|| stack.rabbit.as_mut().unwrap().restart());
+    stack.restart_rabbit();
     let recovered_at = Instant::now();
     stack.gateway.wait_serving().await;
     let report = load.await.unwrap();

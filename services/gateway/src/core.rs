@@ -36,7 +36,6 @@ pub struct Core {
     /// The publish path: JetStream behind the broker breaker, RabbitMQ
     /// behind it (`tps_queue::failover`).
     pub failover: Failover,
-    pub breaker: tps_jidoka::Breaker,
     /// QUEUED statuses of signals accepted on RabbitMQ while NATS was down,
     /// written to the status bucket when it is back (see [`Core::flush_pending`]).
     pub pending: std::sync::Mutex<Vec<SignalStatus>>,
@@ -305,6 +304,25 @@ impl Core {
             subject: self.queue.names().work_subject(pool, signal.priority),
             attempt,
         })
+    }
+
+    /// The broker breaker on the publish path (the failover's).
+    pub fn breaker(&self) -> &tps_jidoka::Breaker {
+        self.failover.breaker()
+    }
+
+    /// Work waiting in RabbitMQ per pool (empty while it is not connected).
+    pub async fn fallback_depths(&self) -> Vec<(Pool, u32)> {
+        let Some(rabbit) = self.failover.fallback().and_then(|f| f.current()) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for pool in [Pool::Fast, Pool::Slow] {
+            if let Ok(depth) = rabbit.work_depth(pool).await {
+                out.push((pool, depth));
+            }
+        }
+        out
     }
 
     /// Depth and in-flight work of both pools.

@@ -177,7 +177,7 @@ impl AdminService for Admin {
         &self,
         request: Request<CircuitRequest>,
     ) -> Result<Response<CircuitResponse>, Status> {
-        let breaker = &self.0.breaker;
+        let breaker = self.0.breaker();
         let name = request.get_ref().breaker.clone();
         if !name.is_empty() && name != breaker.name() {
             return Err(Status::not_found(format!(
@@ -257,17 +257,13 @@ pub async fn status(core: &SharedCore) -> StatusResponse {
             Err(_) => degraded = true,
         }
     }
-    if let Some(rabbit) = core.failover.fallback().and_then(|f| f.current()) {
-        for pool in [Pool::Fast, Pool::Slow] {
-            if let Ok(depth) = rabbit.work_depth(pool).await {
-                queues.push(QueueStatus {
-                    pool: pool as i32,
-                    depth: depth.into(),
-                    backend: "rabbitmq".to_owned(),
-                    ..Default::default()
-                });
-            }
-        }
+    for (pool, depth) in core.fallback_depths().await {
+        queues.push(QueueStatus {
+            pool: pool as i32,
+            depth: depth.into(),
+            backend: "rabbitmq".to_owned(),
+            ..Default::default()
+        });
     }
     let backend = core.failover.active();
     degraded |= backend != tps_queue::Backend::Nats;
@@ -281,7 +277,7 @@ pub async fn status(core: &SharedCore) -> StatusResponse {
     StatusResponse {
         status: status.to_owned(),
         healthy,
-        circuit_state: tps_runtime::jidoka::circuit_state(core.breaker.state()) as i32,
+        circuit_state: tps_runtime::jidoka::circuit_state(core.breaker().state()) as i32,
         queues,
         accepted_total: core.metrics.accepted_total(),
         refused_total: core.metrics.refused_total(),

@@ -173,7 +173,7 @@ fn now() -> String {
 
 fn health_view(core: &SharedCore) -> Value {
     let healthy = core.healthy();
-    let breaker = core.breaker.snapshot();
+    let breaker = core.breaker().snapshot();
     json!({
         "healthy": healthy,
         "status": if healthy { "serving" } else { "not_serving" },

@@ -45,12 +45,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let keeper = fallback
         .as_ref()
         .map(|f| f.keep_connected(fallback_stop.clone()));
-    let failover =
-        tps_queue::Failover::new(queue.clone(), breaker.clone(), fallback, &metrics.registry)
-            .map_err(|e| StartError::Broker(e.to_string()))?;
+    let failover = tps_queue::Failover::new(queue.clone(), breaker, fallback, &metrics.registry)
+        .map_err(|e| StartError::Broker(e.to_string()))?;
     let core = Arc::new(core::Core {
         failover,
-        breaker,
         pending: std::sync::Mutex::new(Vec::new()),
         admin: config.common.admin_token.clone(),
         queue,
@@ -134,7 +132,7 @@ async fn flush_pending(core: core::SharedCore) {
 async fn watch_health(core: core::SharedCore, health: tonic_health::server::HealthReporter) {
     let mut last = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut breaker = core.breaker.subscribe();
+    let mut breaker = core.breaker().subscribe();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -160,15 +158,11 @@ async fn watch_health(core: core::SharedCore, health: tonic_health::server::Heal
         if core.shutdown.is_cancelled() {
             return;
         }
-        if let Some(rabbit) = core.failover.fallback().and_then(|f| f.current()) {
-            for pool in [tps_proto::v1::Pool::Fast, tps_proto::v1::Pool::Slow] {
-                if let Ok(depth) = rabbit.work_depth(pool).await {
-                    core.metrics
-                        .fallback_depth
-                        .with_label_values(&[tps_domain::names::pool(pool)])
-                        .set(i64::from(depth));
-                }
-            }
+        for (pool, depth) in core.fallback_depths().await {
+            core.metrics
+                .fallback_depth
+                .with_label_values(&[tps_domain::names::pool(pool)])
+                .set(i64::from(depth));
         }
         if !core.queue.connected() {
             continue;

@@ -19,7 +19,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicNackOptions};
 use tokio_util::task::TaskTracker;
-use tps_queue::amqp::Fallback;
+use tps_queue::amqp::{Fallback, Rabbit};
 
 use crate::delivery::Delivery;
 use crate::process::{self, Redriven};
@@ -71,6 +71,42 @@ async fn cancel(channel: &lapin::Channel, consumer: &mut lapin::Consumer, tag: &
     }
 }
 
+/// What opening a consumer came to.
+enum Opened {
+    Ready(Arc<Rabbit>, lapin::Channel, Box<lapin::Consumer>),
+    /// The broker did not answer; the pause before trying again is over.
+    Retry,
+    /// The worker is stopping.
+    Stop,
+}
+
+/// Connects (if need be) and consumes `queue`; on failure waits a moment
+/// first, so the caller can simply try again.
+async fn open(
+    worker: &Worker,
+    fallback: &Fallback,
+    queue: &str,
+    prefetch: u16,
+    tag: &str,
+) -> Opened {
+    let failed = match fallback.get().await {
+        Ok(rabbit) => match rabbit.consume_queue(queue, prefetch, tag).await {
+            Ok((channel, consumer)) => return Opened::Ready(rabbit, channel, Box::new(consumer)),
+            Err(e) => Some(e),
+        },
+        // Not connected: the Fallback logs that.
+        Err(_) => None,
+    };
+    if let Some(e) = failed {
+        tracing::warn!(%queue, error = %e, "RabbitMQ consume failed");
+    }
+    if pause(worker, RETRY).await {
+        Opened::Retry
+    } else {
+        Opened::Stop
+    }
+}
+
 /// Consumes the pool's RabbitMQ work queue until shutdown.
 pub async fn consume(worker: Arc<Worker>, fallback: Arc<Fallback>, tracker: TaskTracker) {
     let tag = format!("{}-work", worker.config.common.instance_id);
@@ -87,26 +123,14 @@ pub async fn consume(worker: Arc<Worker>, fallback: Arc<Fallback>, tracker: Task
             }
             continue;
         }
-        let rabbit = match fallback.get().await {
-            Ok(r) => r,
-            Err(_) => {
-                if !pause(&worker, RETRY).await {
-                    break;
-                }
-                continue;
-            }
-        };
-        let (channel, mut consumer) = match rabbit.consume(worker.pool(), prefetch, &tag).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "RabbitMQ consume failed");
-                if !pause(&worker, RETRY).await {
-                    break;
-                }
-                continue;
-            }
-        };
-        tracing::info!(queue = %fallback.names().amqp_work_queue(worker.pool()), "consuming the RabbitMQ work queue");
+        let queue = fallback.names().amqp_work_queue(worker.pool());
+        let (rabbit, channel, mut consumer) =
+            match open(&worker, &fallback, &queue, prefetch, &tag).await {
+                Opened::Ready(r, ch, c) => (r, ch, c),
+                Opened::Retry => continue,
+                Opened::Stop => break,
+            };
+        tracing::info!(%queue, "consuming the RabbitMQ work queue");
         loop {
             tokio::select! {
                 next = consumer.next() => match next {
@@ -163,28 +187,13 @@ pub async fn redrive(worker: Arc<Worker>, fallback: Arc<Fallback>) {
             }
             continue;
         }
-        let rabbit = match fallback.get().await {
-            Ok(r) => r,
-            Err(_) => {
-                if !pause(&worker, RETRY).await {
-                    break;
-                }
-                continue;
-            }
-        };
-        let (channel, mut consumer) = match rabbit
-            .consume_records(worker.pool(), REDRIVE_PREFETCH, &tag)
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "RabbitMQ consume (re-drive) failed");
-                if !pause(&worker, RETRY).await {
-                    break;
-                }
-                continue;
-            }
-        };
+        let queue = fallback.names().amqp_results(worker.pool());
+        let (rabbit, channel, mut consumer) =
+            match open(&worker, &fallback, &queue, REDRIVE_PREFETCH, &tag).await {
+                Opened::Ready(r, ch, c) => (r, ch, c),
+                Opened::Retry => continue,
+                Opened::Stop => break,
+            };
         loop {
             let next = tokio::select! {
                 next = consumer.next() => Some(next),

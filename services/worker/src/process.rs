@@ -161,52 +161,40 @@ async fn process(worker: &Worker, message: &Delivery, item: WorkItem, delivered:
         .with_label_values(&[pool])
         .observe(elapsed_since(&item.enqueued_at).unwrap_or(0.0));
 
-    let outcome = if deadline_passed(&signal) {
-        Outcome {
-            state: SignalState::Expired,
-            message: "deadline passed before a worker could start it".to_owned(),
-            output: None,
+    let outcome = match run_unless_expired(worker, message, &signal).await {
+        Ok(outcome) => outcome,
+        Err(CallError::Open(retry_after)) => {
+            // Not this item's fault: put it back for later or for a
+            // healthy replica.
+            status.state = SignalState::Queued as i32;
+            status.message = "handed back: this replica's line is stopped (breaker open)".into();
+            status.updated_at = Some(now());
+            let _ = worker.queue.update_status(&status, revision).await;
+            ack(worker, message, AckKind::Nak(Some(retry_after))).await;
+            return;
         }
-    } else {
-        match call_downstream(worker, message, &signal)
-            .instrument(tracing::info_span!("downstream"))
-            .await
-        {
-            Ok(outcome) => outcome,
-            Err(CallError::Open(retry_after)) => {
-                // Not this item's fault: put it back for later or for a
-                // healthy replica.
+        Err(CallError::Failed(reason)) => {
+            // Counted in the status, not from the broker's delivery
+            // count, so hand-backs by a stopped line do not use up tries.
+            status.failures += 1;
+            let failures = status.failures;
+            if failures >= worker.config.kanban.max_deliver {
+                dead_letter(worker, message, &item, status, revision, delivered, &reason).await;
+            } else {
+                let delay = worker.config.kanban.backoff(failures);
+                tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "work failed; will be redelivered");
+                worker.metrics.retries.with_label_values(&[pool]).inc();
                 status.state = SignalState::Queued as i32;
-                status.message =
-                    "handed back: this replica's line is stopped (breaker open)".into();
+                status.message = format!(
+                    "try {failures} of {} failed: {reason}; retrying in {delay:?}",
+                    worker.config.kanban.max_deliver
+                );
                 status.updated_at = Some(now());
+                // Informational; losing the race to another writer is fine.
                 let _ = worker.queue.update_status(&status, revision).await;
-                ack(worker, message, AckKind::Nak(Some(retry_after))).await;
-                return;
+                ack(worker, message, AckKind::Nak(Some(delay))).await;
             }
-            Err(CallError::Failed(reason)) => {
-                // Counted in the status, not from the broker's delivery
-                // count, so hand-backs by a stopped line do not use up tries.
-                status.failures += 1;
-                let failures = status.failures;
-                if failures >= worker.config.kanban.max_deliver {
-                    dead_letter(worker, message, &item, status, revision, delivered, &reason).await;
-                } else {
-                    let delay = worker.config.kanban.backoff(failures);
-                    tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "work failed; will be redelivered");
-                    worker.metrics.retries.with_label_values(&[pool]).inc();
-                    status.state = SignalState::Queued as i32;
-                    status.message = format!(
-                        "try {failures} of {} failed: {reason}; retrying in {delay:?}",
-                        worker.config.kanban.max_deliver
-                    );
-                    status.updated_at = Some(now());
-                    // Informational; losing the race to another writer is fine.
-                    let _ = worker.queue.update_status(&status, revision).await;
-                    ack(worker, message, AckKind::Nak(Some(delay))).await;
-                }
-                return;
-            }
+            return;
         }
     };
     finish(
@@ -421,29 +409,18 @@ async fn process_without_nats(worker: &Worker, message: &Delivery, item: WorkIte
         return;
     };
     let started_at = now();
-    let outcome = if deadline_passed(&signal) {
-        Outcome {
-            state: SignalState::Expired,
-            message: "deadline passed before a worker could start it".to_owned(),
-            output: None,
+    let outcome = match run_unless_expired(worker, message, &signal).await {
+        Ok(outcome) => outcome,
+        Err(CallError::Open(retry_after)) => {
+            ack(worker, message, AckKind::Nak(Some(retry_after))).await;
+            return;
         }
-    } else {
-        match call_downstream(worker, message, &signal)
-            .instrument(tracing::info_span!("downstream"))
-            .await
-        {
-            Ok(outcome) => outcome,
-            Err(CallError::Open(retry_after)) => {
-                ack(worker, message, AckKind::Nak(Some(retry_after))).await;
-                return;
-            }
-            Err(CallError::Failed(reason)) => {
-                let delay = worker.config.kanban.backoff(1);
-                tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "work failed while NATS is down; will be redelivered");
-                worker.metrics.retries.with_label_values(&[pool]).inc();
-                ack(worker, message, AckKind::Nak(Some(delay))).await;
-                return;
-            }
+        Err(CallError::Failed(reason)) => {
+            let delay = worker.config.kanban.backoff(1);
+            tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "work failed while NATS is down; will be redelivered");
+            worker.metrics.retries.with_label_values(&[pool]).inc();
+            ack(worker, message, AckKind::Nak(Some(delay))).await;
+            return;
         }
     };
     let finished_at = now();
@@ -660,6 +637,25 @@ async fn dead_letter(
         Instant::now(),
     )
     .await;
+}
+
+/// The work, unless the signal's deadline has passed already (then its
+/// outcome is EXPIRED without a downstream call).
+async fn run_unless_expired(
+    worker: &Worker,
+    message: &Delivery,
+    signal: &Signal,
+) -> Result<Outcome, CallError> {
+    if deadline_passed(signal) {
+        return Ok(Outcome {
+            state: SignalState::Expired,
+            message: "deadline passed before a worker could start it".to_owned(),
+            output: None,
+        });
+    }
+    call_downstream(worker, message, signal)
+        .instrument(tracing::info_span!("downstream"))
+        .await
 }
 
 /// The downstream call, guarded by the breaker. While it runs, the item is

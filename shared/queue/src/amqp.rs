@@ -279,18 +279,8 @@ impl Rabbit {
             .await
     }
 
-    /// A consumer of `pool`'s fallback records (see [`Rabbit::consume`]).
-    pub async fn consume_records(
-        &self,
-        pool: Pool,
-        prefetch: u16,
-        tag: &str,
-    ) -> Result<(Channel, lapin::Consumer), QueueError> {
-        self.consume_queue(&self.names.amqp_results(pool), prefetch, tag)
-            .await
-    }
-
-    async fn consume_queue(
+    /// A consumer of the queue named `queue` (see [`Rabbit::consume`]).
+    pub async fn consume_queue(
         &self,
         queue: &str,
         prefetch: u16,
