@@ -3,9 +3,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use tps_domain::names;
-use tps_proto::v1::WorkResult;
+use tps_proto::v1::{Pool, SignalState, WorkResult};
+use tps_runtime::config::SloConfig;
 
 /// Results seen, once each per (signal, attempt): a result the broker
 /// delivered twice (a redelivered work item re-published after the
@@ -50,6 +51,11 @@ pub struct Metrics {
     pub lead_time: HistogramVec,
     /// `tps_result_cycle_time_seconds{pool}`: pull → result, as the results report it.
     pub cycle_time: HistogramVec,
+    /// `tps_slo_signals_total{pool}`: results judged against the objective.
+    pub slo_signals: IntCounterVec,
+    /// `tps_slo_met_total{pool}`: of those, SUCCEEDED within the objective.
+    pub slo_met: IntCounterVec,
+    slo: SloConfig,
 }
 
 const BUCKETS: [f64; 16] = [
@@ -66,7 +72,7 @@ fn seconds_between(
 }
 
 impl Metrics {
-    pub fn new() -> Result<Self, prometheus::Error> {
+    pub fn new(slo: SloConfig) -> Result<Self, prometheus::Error> {
         let registry = tps_runtime::metrics::registry("tps-aggregator");
         let results = IntCounterVec::new(
             Opts::new(
@@ -85,14 +91,62 @@ impl Metrics {
                 .buckets(BUCKETS.to_vec()),
             &["pool"],
         )?;
-        registry.register(Box::new(results.clone()))?;
-        registry.register(Box::new(lead_time.clone()))?;
-        registry.register(Box::new(cycle_time.clone()))?;
+        let slo_signals = IntCounterVec::new(
+            Opts::new(
+                "tps_slo_signals_total",
+                "Results judged against the lead-time objective",
+            ),
+            &["pool"],
+        )?;
+        let slo_met = IntCounterVec::new(
+            Opts::new(
+                "tps_slo_met_total",
+                "Results that succeeded within the lead-time objective",
+            ),
+            &["pool"],
+        )?;
+        let objective = GaugeVec::new(
+            Opts::new(
+                "tps_slo_objective_seconds",
+                "Lead time a signal must succeed within (TPS_SLO_FAST, TPS_SLO_SLOW)",
+            ),
+            &["pool"],
+        )?;
+        let target = GaugeVec::new(
+            Opts::new(
+                "tps_slo_target_ratio",
+                "Share of signals that must meet the objective (TPS_SLO_TARGET)",
+            ),
+            &["pool"],
+        )?;
+        for pool in [Pool::Fast, Pool::Slow] {
+            let label = [names::pool(pool)];
+            objective
+                .with_label_values(&label)
+                .set(slo.objective(pool).as_secs_f64());
+            target.with_label_values(&label).set(slo.target);
+            slo_signals.with_label_values(&label);
+            slo_met.with_label_values(&label);
+        }
+        for c in [
+            Box::new(results.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(lead_time.clone()),
+            Box::new(cycle_time.clone()),
+            Box::new(slo_signals.clone()),
+            Box::new(slo_met.clone()),
+            Box::new(objective),
+            Box::new(target),
+        ] {
+            registry.register(c)?;
+        }
         Ok(Self {
             registry,
             results,
             lead_time,
             cycle_time,
+            slo_signals,
+            slo_met,
+            slo,
         })
     }
 
@@ -105,8 +159,14 @@ impl Metrics {
                 names::state(r.state()),
             ])
             .inc();
-        if let Some(s) = seconds_between(&r.submitted_at, &r.finished_at) {
+        let lead = seconds_between(&r.submitted_at, &r.finished_at);
+        if let Some(s) = lead {
             self.lead_time.with_label_values(&[pool]).observe(s);
+        }
+        self.slo_signals.with_label_values(&[pool]).inc();
+        let objective = self.slo.objective(r.pool()).as_secs_f64();
+        if r.state() == SignalState::Succeeded && lead.is_some_and(|s| s <= objective) {
+            self.slo_met.with_label_values(&[pool]).inc();
         }
         if let Some(s) = seconds_between(&r.started_at, &r.finished_at) {
             self.cycle_time.with_label_values(&[pool]).observe(s);
@@ -117,7 +177,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tps_proto::v1::{Pool, SignalState, SignalType};
+    use tps_proto::v1::SignalType;
 
     fn result(id: &str, attempt: u32, state: SignalState) -> WorkResult {
         WorkResult {
@@ -144,5 +204,49 @@ mod tests {
             "succeeded".to_owned(),
         );
         assert_eq!(c.by_key()[&k], 2);
+    }
+
+    #[test]
+    fn slo_counts_successes_within_the_objective() {
+        let m = Metrics::new(SloConfig {
+            fast: std::time::Duration::from_secs(1),
+            slow: std::time::Duration::from_secs(10),
+            target: 0.99,
+        })
+        .unwrap();
+        let at = |secs: i64| {
+            Some(prost_types::Timestamp {
+                seconds: 1_000 + secs,
+                nanos: 0,
+            })
+        };
+        let timed = |state, lead: i64| WorkResult {
+            submitted_at: at(0),
+            finished_at: at(lead),
+            ..result("x", 1, state)
+        };
+        m.observe(&timed(SignalState::Succeeded, 0)); // met
+        m.observe(&timed(SignalState::Succeeded, 1)); // met: on the objective
+        m.observe(&timed(SignalState::Succeeded, 2)); // too slow
+        m.observe(&timed(SignalState::Failed, 0)); // not a success
+        m.observe(&result("y", 1, SignalState::Succeeded)); // no times: not met
+        let fast = ["fast"];
+        assert_eq!(m.slo_signals.with_label_values(&fast).get(), 5);
+        assert_eq!(m.slo_met.with_label_values(&fast).get(), 2);
+        let text = tps_runtime::metrics::encode(&m.registry);
+        let line = |metric: &str, pool: &str| {
+            text.lines()
+                .find(|l| l.starts_with(metric) && l.contains(&format!("pool=\"{pool}\"")))
+                .and_then(|l| l.rsplit_once(' '))
+                .map(|(_, v)| v.to_owned())
+        };
+        assert_eq!(
+            line("tps_slo_objective_seconds", "slow").as_deref(),
+            Some("10")
+        );
+        assert_eq!(
+            line("tps_slo_target_ratio", "fast").as_deref(),
+            Some("0.99")
+        );
     }
 }

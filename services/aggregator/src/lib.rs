@@ -18,7 +18,7 @@ use tonic_health::ServingStatus;
 use tps_proto::v1::andon_service_server::AndonServiceServer;
 use tps_proto::v1::kaizen_service_server::KaizenServiceServer;
 use tps_queue::{ConnectOptions, Queue};
-use tps_runtime::config::{CommonConfig, KanbanConfig, andon_history};
+use tps_runtime::config::{CommonConfig, KanbanConfig, SloConfig, andon_history};
 use tps_runtime::{ConfigError, Env, StartError, grpc as rpc};
 
 #[derive(Debug, Clone)]
@@ -27,6 +27,8 @@ pub struct Config {
     pub kanban: KanbanConfig,
     /// `TPS_ANDON_HISTORY` (default 100): Andon transitions kept.
     pub andon_history: usize,
+    /// `TPS_SLO_FAST`, `TPS_SLO_SLOW`, `TPS_SLO_TARGET`.
+    pub slo: SloConfig,
     /// `TPS_GRPC_ADDR`, default `0.0.0.0:50053`.
     pub grpc_addr: SocketAddr,
     /// `TPS_METRICS_ADDR`, default `0.0.0.0:9090`.
@@ -39,6 +41,7 @@ impl Config {
             common: CommonConfig::from_env(env)?,
             kanban: KanbanConfig::from_env(env)?,
             andon_history: andon_history(env)?,
+            slo: SloConfig::from_env(env)?,
             grpc_addr: env.addr("TPS_GRPC_ADDR", "0.0.0.0:50053")?,
             metrics_addr: env.addr("TPS_METRICS_ADDR", "0.0.0.0:9090")?,
         })
@@ -54,7 +57,8 @@ fn finished_after(r: &tps_proto::v1::WorkResult, t: std::time::SystemTime) -> bo
 
 /// Runs the aggregator until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
-    let metrics = counts::Metrics::new().map_err(|e| StartError::Broker(e.to_string()))?;
+    let metrics =
+        counts::Metrics::new(config.slo).map_err(|e| StartError::Broker(e.to_string()))?;
     let queue = Queue::connect(&ConnectOptions::from_config(
         "tps-aggregator",
         &config.common,
@@ -98,8 +102,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
                             pool = tps_domain::names::pool(r.pool()),
                             outcome = tps_domain::names::state(r.state()),
                             attempt = r.attempt,
+                            trace_id = tracing::field::Empty,
                         );
                         tps_runtime::propagation::set_parent(&span, &r.trace_context);
+                        span.record("trace_id", tps_runtime::telemetry::trace_id(&span).as_str());
                         span
                     } else {
                         tracing::Span::none()

@@ -11,7 +11,7 @@ use prost_types::Timestamp;
 use tokio_util::sync::CancellationToken;
 use tps_domain::{is_terminal, names, routing, validate};
 use tps_proto::v1::{
-    Pool, Signal, SignalState, SignalStatus, SubmitRequest, SubmitResponse, WorkItem,
+    Pool, Signal, SignalState, SignalStatus, SignalType, SubmitRequest, SubmitResponse, WorkItem,
 };
 use tps_queue::{Backend, Failover, Queue, QueueStats};
 use tracing::{Instrument, field};
@@ -73,6 +73,7 @@ impl Core {
         let trace_id = tps_runtime::telemetry::trace_id(&span);
         span.record("trace_id", trace_id.as_str());
         let started = Instant::now();
+        let labels = refusal_labels(&req);
         let result = self
             .submit_in_span(req, &span, trace_id)
             .instrument(span.clone())
@@ -83,16 +84,19 @@ impl Core {
         if let Err(e) = &result {
             span.record("otel.status_code", "ERROR");
             span.record("otel.status_description", e.reason());
-            span.in_scope(|| self.refused(e));
+            span.in_scope(|| self.refused(e, labels));
         }
         result
     }
 
     /// Counts and logs a refused submit (also for requests the HTTP facade
-    /// refuses before they become a SubmitRequest).
-    pub fn refused(&self, e: &ApiError) {
-        self.metrics.refused.with_label_values(&[e.reason()]).inc();
-        tracing::info!(reason = e.reason(), error = %e, "signal refused");
+    /// refuses before they become a SubmitRequest: `UNROUTED`).
+    pub fn refused(&self, e: &ApiError, (pool, signal_type): (&str, &str)) {
+        self.metrics
+            .refused
+            .with_label_values(&[e.reason(), pool, signal_type])
+            .inc();
+        tracing::info!(reason = e.reason(), pool, error = %e, "signal refused");
     }
 
     async fn submit_in_span(
@@ -554,5 +558,21 @@ fn response_from_status(status: &SignalStatus, core: &Core, duplicate: bool) -> 
         duplicate,
         subject: core.queue.names().work_subject(pool, signal.priority),
         attempt: status.attempt,
+    }
+}
+
+/// The `pool` and `type` labels of a refused request that could not be
+/// parsed at all.
+pub const UNROUTED: (&str, &str) = ("none", "unspecified");
+
+/// The `pool` and `type` labels a refusal of `req` is counted under: where
+/// it would have gone, or `none` when its type is not a valid one.
+fn refusal_labels(req: &SubmitRequest) -> (&'static str, &'static str) {
+    match SignalType::try_from(req.r#type) {
+        Ok(t) if t != SignalType::Unspecified => (
+            names::pool(routing::route(t, req.pool())),
+            names::signal_type(t),
+        ),
+        _ => UNROUTED,
     }
 }

@@ -130,7 +130,7 @@ async fn submit(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let request = parse_submit(&body).inspect_err(|e| core.refused(e))?;
+    let request = parse_submit(&body).inspect_err(|e| core.refused(e, crate::core::UNROUTED))?;
     let response = core.submit(request, &trace_context(&headers)).await?;
     Ok(accepted(submit_view(&response), &response.trace_id))
 }

@@ -182,6 +182,10 @@ async fn watch_health(core: core::SharedCore, health: tonic_health::server::Heal
                     .redelivered
                     .with_label_values(&label)
                     .set(s.redelivered as i64);
+                core.metrics
+                    .dlq_depth
+                    .with_label_values(&label)
+                    .set(s.dead_letters as i64);
             }
         }
     }

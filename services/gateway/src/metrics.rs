@@ -7,7 +7,8 @@ pub struct Metrics {
     pub registry: Registry,
     /// `tps_signals_accepted_total{pool,type}`: signals made durable on a queue.
     pub accepted: IntCounterVec,
-    /// `tps_signals_refused_total{reason}`: signals refused, by ErrorInfo reason.
+    /// `tps_signals_refused_total{reason,pool,type}`: signals refused, by
+    /// ErrorInfo reason and where they would have gone (`none` if unroutable).
     pub refused: IntCounterVec,
     /// `tps_signals_retried_total{pool}`.
     pub retried: IntCounterVec,
@@ -21,6 +22,8 @@ pub struct Metrics {
     pub redelivered: IntGaugeVec,
     /// `tps_queue_fallback_depth{pool}`: work waiting in RabbitMQ.
     pub fallback_depth: IntGaugeVec,
+    /// `tps_dlq_depth{pool}`: dead letters held (until replayed).
+    pub dlq_depth: IntGaugeVec,
     /// `tps_broker_connected`: 1 while the NATS connection is up.
     pub broker_connected: IntGauge,
 }
@@ -37,7 +40,7 @@ impl Metrics {
         )?;
         let refused = IntCounterVec::new(
             Opts::new("tps_signals_refused_total", "Signals refused, by reason"),
-            &["reason"],
+            &["reason", "pool", "type"],
         )?;
         let retried = IntCounterVec::new(
             Opts::new("tps_signals_retried_total", "Signals sent to run again"),
@@ -74,6 +77,13 @@ impl Metrics {
             ),
             &["pool"],
         )?;
+        let dlq_depth = IntGaugeVec::new(
+            Opts::new(
+                "tps_dlq_depth",
+                "Dead letters held in the dead-letter stream",
+            ),
+            &["pool"],
+        )?;
         let broker_connected = IntGauge::new(
             "tps_broker_connected",
             "1 while the connection to NATS is up",
@@ -84,6 +94,7 @@ impl Metrics {
         registry.register(Box::new(submit_seconds.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(dlq_depth.clone()))?;
         registry.register(Box::new(redelivered.clone()))?;
         registry.register(Box::new(fallback_depth.clone()))?;
         registry.register(Box::new(broker_connected.clone()))?;
@@ -97,6 +108,7 @@ impl Metrics {
             in_flight,
             redelivered,
             fallback_depth,
+            dlq_depth,
             broker_connected,
         })
     }

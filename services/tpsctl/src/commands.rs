@@ -35,6 +35,33 @@ pub struct SubmitArgs {
     /// Wait until the signal is terminal and print its final status.
     #[arg(long)]
     wait: bool,
+    /// Join the caller's trace: a W3C traceparent
+    /// (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`), sent to the
+    /// gateway as gRPC metadata, so the signal's spans land in that trace.
+    #[arg(long, env = "TRACEPARENT", value_parser = parse_traceparent)]
+    traceparent: Option<String>,
+    /// The W3C tracestate that goes with --traceparent.
+    #[arg(long, env = "TRACESTATE", requires = "traceparent")]
+    tracestate: Option<String>,
+}
+
+/// A W3C `traceparent` header value, checked for shape (version 00, a
+/// non-zero trace id and parent id).
+fn parse_traceparent(raw: &str) -> Result<String, String> {
+    let parts: Vec<&str> = raw.trim().split('-').collect();
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let ok = parts.len() == 4
+        && parts[0] == "00"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+        && parts[1].bytes().any(|b| b != b'0')
+        && parts[2].bytes().any(|b| b != b'0');
+    if ok {
+        Ok(raw.trim().to_ascii_lowercase())
+    } else {
+        Err("expected 00-<32 hex trace id>-<16 hex span id>-<2 hex flags>".into())
+    }
 }
 
 pub async fn connect_channel(addr: &str) -> anyhow::Result<Channel> {
@@ -76,15 +103,27 @@ pub async fn submit(gateway: &str, args: SubmitArgs) -> anyhow::Result<i32> {
             as i32,
     };
     let mut client = connect(gateway).await?;
+    let mut request = tonic::Request::new(SubmitRequest {
+        r#type: signal_type as i32,
+        priority: args.priority,
+        payload: Some(payload),
+        timeout_ms: args.timeout_ms,
+        idempotency_key: args.idempotency_key,
+        pool,
+    });
+    for (key, value) in [
+        ("traceparent", &args.traceparent),
+        ("tracestate", &args.tracestate),
+    ] {
+        if let Some(v) = value {
+            let v = v
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--{key} is not a valid header value"))?;
+            request.metadata_mut().insert(key, v);
+        }
+    }
     let response = client
-        .submit(SubmitRequest {
-            r#type: signal_type as i32,
-            priority: args.priority,
-            payload: Some(payload),
-            timeout_ms: args.timeout_ms,
-            idempotency_key: args.idempotency_key,
-            pool,
-        })
+        .submit(request)
         .await
         .map_err(|s| explain(&s))?
         .into_inner();
@@ -140,4 +179,29 @@ async fn follow(
     Err(anyhow::anyhow!(
         "the watch ended before signal {id} was terminal"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_traceparent;
+
+    #[test]
+    fn traceparent_shape_is_checked() {
+        let good = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            parse_traceparent(good).unwrap(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        for bad in [
+            "",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba9zzzz-01",
+        ] {
+            assert!(parse_traceparent(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -9,6 +9,9 @@ pub struct Metrics {
     pub processed: IntCounterVec,
     /// `tps_worker_busy{pool}`: handlers busy in this replica.
     pub busy: IntGaugeVec,
+    /// `tps_worker_busy_seconds_total{pool}`: handler-seconds spent on work;
+    /// `rate()` of it over `tps_worker_capacity` is the pool's utilisation.
+    pub busy_seconds: prometheus::CounterVec,
     /// `tps_worker_capacity{pool}`: handlers this replica has (TPS_NUM_WORKERS).
     pub capacity: IntGaugeVec,
     /// `tps_cycle_time_seconds{pool,type}`: pull → result durable.
@@ -55,6 +58,13 @@ impl Metrics {
         )?;
         let busy = IntGaugeVec::new(
             Opts::new("tps_worker_busy", "Handlers busy in this replica"),
+            &["pool"],
+        )?;
+        let busy_seconds = prometheus::CounterVec::new(
+            Opts::new(
+                "tps_worker_busy_seconds_total",
+                "Handler-seconds spent processing work in this replica",
+            ),
             &["pool"],
         )?;
         let capacity = IntGaugeVec::new(
@@ -148,6 +158,7 @@ impl Metrics {
         registry.register(Box::new(fault_error_rate.clone()))?;
         registry.register(Box::new(processed.clone()))?;
         registry.register(Box::new(busy.clone()))?;
+        registry.register(Box::new(busy_seconds.clone()))?;
         registry.register(Box::new(capacity.clone()))?;
         registry.register(Box::new(cycle_time.clone()))?;
         registry.register(Box::new(queue_wait.clone()))?;
@@ -157,6 +168,7 @@ impl Metrics {
             registry,
             processed,
             busy,
+            busy_seconds,
             capacity,
             cycle_time,
             queue_wait,

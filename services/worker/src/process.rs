@@ -715,9 +715,11 @@ async fn run_work(worker: &Worker, signal: &Signal) -> (Result<Outcome, String>,
     }
 }
 
-/// Keeps the busy gauge right even if the work panics.
+/// Keeps the busy gauge (and the busy-seconds counter) right even if the
+/// work panics.
 struct BusyGuard<'a> {
     worker: &'a Worker,
+    since: Instant,
 }
 
 impl<'a> BusyGuard<'a> {
@@ -727,16 +729,21 @@ impl<'a> BusyGuard<'a> {
             .busy
             .with_label_values(&[names::pool(worker.pool())])
             .inc();
-        Self { worker }
+        Self {
+            worker,
+            since: Instant::now(),
+        }
     }
 }
 
 impl Drop for BusyGuard<'_> {
     fn drop(&mut self) {
+        let pool = [names::pool(self.worker.pool())];
+        self.worker.metrics.busy.with_label_values(&pool).dec();
         self.worker
             .metrics
-            .busy
-            .with_label_values(&[names::pool(self.worker.pool())])
-            .dec();
+            .busy_seconds
+            .with_label_values(&pool)
+            .inc_by(self.since.elapsed().as_secs_f64());
     }
 }

@@ -76,6 +76,8 @@ pub struct QueueStats {
     pub in_flight: u64,
     /// Delivered more than once and not acked yet.
     pub redelivered: u64,
+    /// Held in the dead-letter stream.
+    pub dead_letters: u64,
 }
 
 /// A status record and its revision in the bucket (for compare-and-set).
@@ -435,7 +437,8 @@ impl Queue {
         }))
     }
 
-    /// Depth, in-flight and redelivered counts of `pool`'s queue (all priorities).
+    /// Depth, in-flight and redelivered counts of `pool`'s queue (all
+    /// priorities), and its dead letters.
     pub async fn queue_stats(&self, pool: Pool) -> Result<QueueStats, QueueError> {
         self.ensure_connected()?;
         let mut stats = QueueStats::default();
@@ -444,6 +447,18 @@ impl Queue {
             stats.depth += info.num_pending;
             stats.in_flight += info.num_ack_pending as u64;
             stats.redelivered += info.num_redelivered as u64;
+        }
+        let dlq = self
+            .js
+            .get_stream(self.names.dlq_stream())
+            .await
+            .map_err(broker)?;
+        let mut subjects = dlq
+            .info_with_subjects(self.names.dlq_subject(pool))
+            .await
+            .map_err(broker)?;
+        while let Some(subject) = subjects.next().await {
+            stats.dead_letters += subject.map_err(broker)?.1 as u64;
         }
         Ok(stats)
     }

@@ -407,9 +407,77 @@ pub fn andon_history(env: &Env) -> Result<usize, ConfigError> {
     env.bounded("TPS_ANDON_HISTORY", 100, 1, 100_000)
 }
 
+/// Kaizen's service-level objectives. A signal meets its objective when it
+/// SUCCEEDED within `TPS_SLO_FAST` (default 1s) of being submitted on the
+/// fast pool, `TPS_SLO_SLOW` (default 10s) on the slow one;
+/// `TPS_SLO_TARGET` (default 0.99) of them should. The error budget is
+/// `1 - target`; a burn rate of 1 spends it exactly over the SLO period.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SloConfig {
+    pub fast: Duration,
+    pub slow: Duration,
+    pub target: f64,
+}
+
+impl SloConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let objective = |var: &str, default: u64| -> Result<Duration, ConfigError> {
+            let d = env.duration(var, Duration::from_secs(default))?;
+            if d.is_zero() || d > Duration::from_secs(3600) {
+                return Err(Env::error(
+                    var,
+                    env.get(var).unwrap_or_default(),
+                    "must be between 1ms and 1h",
+                ));
+            }
+            Ok(d)
+        };
+        let target: f64 = env.parse("TPS_SLO_TARGET", 0.99)?;
+        if !(target > 0.0 && target < 1.0) {
+            return Err(Env::error(
+                "TPS_SLO_TARGET",
+                env.get("TPS_SLO_TARGET").unwrap_or_default(),
+                "must be in (0, 1)",
+            ));
+        }
+        Ok(Self {
+            fast: objective("TPS_SLO_FAST", 1)?,
+            slow: objective("TPS_SLO_SLOW", 10)?,
+            target,
+        })
+    }
+
+    /// The lead time a signal of `pool` must finish within.
+    pub fn objective(&self, pool: tps_proto::v1::Pool) -> Duration {
+        match pool {
+            tps_proto::v1::Pool::Fast => self.fast,
+            _ => self.slow,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slo_defaults_and_limits() {
+        let slo = SloConfig::from_env(&Env::default()).unwrap();
+        assert_eq!(slo.fast, Duration::from_secs(1));
+        assert_eq!(slo.slow, Duration::from_secs(10));
+        assert_eq!(slo.target, 0.99);
+        assert_eq!(slo.objective(tps_proto::v1::Pool::Slow), slo.slow);
+        for (var, bad) in [
+            ("TPS_SLO_TARGET", "1"),
+            ("TPS_SLO_TARGET", "0"),
+            ("TPS_SLO_FAST", "0s"),
+            ("TPS_SLO_SLOW", "2h"),
+        ] {
+            let mut env = Env::default();
+            env.set(var, bad);
+            assert!(SloConfig::from_env(&env).is_err(), "{var}={bad}");
+        }
+    }
 
     #[test]
     fn defaults_are_the_seeds() {

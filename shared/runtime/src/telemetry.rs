@@ -83,8 +83,11 @@ pub fn init(service: &str, config: &CommonConfig) -> Result<TelemetryGuard, Tele
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false)
+                    // Every enclosing span with its fields: the root span of
+                    // a signal (submit, process, aggregate) records trace_id,
+                    // so every line logged about the signal carries it.
+                    .with_current_span(false)
+                    .with_span_list(true)
                     .with_writer(std::io::stderr),
             )
             .try_init()
