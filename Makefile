@@ -15,7 +15,6 @@ CURL         ?= curl -sS --fail-with-body --max-time 10
 FMT_CHECK_FLAGS := $(if $(CI),-- --color never,)
 
 # Later issues; the targets below name them.
-ISSUE_OBSERVE := 6 (observability: traces, metrics, dashboards, alerts)
 ISSUE_DEPLOY := 8 (deployment: compose stack, offline images, Kubernetes)
 ISSUE_LOAD   := 9 (load generator and benchmarks)
 NOT_YET = echo "not yet: arrives with issue $(1)" >&2; exit 1
@@ -38,7 +37,7 @@ run-local: ## Run NATS, RabbitMQ and the four services on this machine, no Docke
 	bash scripts/run-local.sh
 
 # Each step runs in order; the first failure stops the target.
-test: ## fmt check, clippy -D warnings, build the binaries, then every test (nextest if present)
+test: ## fmt check, promtool checks/tests, dashboard checks, clippy -D warnings, build, then every test (nextest if present)
 	@set -euo pipefail; \
 	step() { local t0=$$SECONDS; echo "==> $$*"; "$$@"; echo "<== $$* ($$((SECONDS - t0))s)"; }; \
 	NATS_SERVER="$$(bash scripts/ensure-nats.sh)"; export NATS_SERVER; \
@@ -46,6 +45,9 @@ test: ## fmt check, clippy -D warnings, build the binaries, then every test (nex
 	RABBITMQ_SERVER="$$(bash scripts/ensure-rabbitmq.sh)"; export RABBITMQ_SERVER; \
 	echo "RABBITMQ_SERVER=$$RABBITMQ_SERVER"; \
 	step $(CARGO) fmt --all --check $(FMT_CHECK_FLAGS); \
+	step bash scripts/check-prometheus.sh; \
+	step python3 deploy/grafana/generate.py --check; \
+	step python3 deploy/grafana/check.py; \
 	step $(CARGO) clippy --workspace --all-targets -- -D warnings; \
 	step $(CARGO) build --workspace --bins; \
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
@@ -77,11 +79,12 @@ status: ## GET /status on the gateway
 metrics: ## GET /metrics on the gateway
 	@$(CURL) $(GATEWAY_HTTP)/metrics && echo
 
-dashboard: ## Open Grafana (not yet)
-	@$(call NOT_YET,$(ISSUE_OBSERVE))
+dashboard: ## Where the Grafana dashboards are (compose stack; deploy/grafana)
+	@echo "Grafana: http://localhost:3000 (dashboards: TPS folder; docs/metrics.md, docs/runbook.md)"
+	@echo "Prometheus: http://localhost:9091 (alerts: deploy/prometheus/rules)"
 
-traces: ## Open Jaeger (not yet)
-	@$(call NOT_YET,$(ISSUE_OBSERVE))
+traces: ## Where the traces are (Jaeger in the compose stack)
+	@echo "Jaeger: http://localhost:16686 (search by service tps-gateway, or by the trace_id a submit returned)"
 
 ##@ Stack (docker compose)
 

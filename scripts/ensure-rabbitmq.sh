@@ -22,9 +22,10 @@
 # No system broker: the package's postinst runs `invoke-rc.d rabbitmq-server
 # start`, which without systemd starts a broker as the rabbitmq user on port
 # 5672 (plus an epmd). The install runs under a policy-rc.d that denies every
-# service start (an existing one that already denies is kept as is; any other
-# is set aside and put back afterwards). Should a system broker run anyway
-# after our install, it is stopped through its init system and disabled.
+# service start (scripts/lib/apt-no-start.sh: an existing one that already
+# denies is kept as is; any other is set aside and put back afterwards).
+# Should a system broker run anyway after our install, it is stopped through
+# its init system and disabled.
 #
 # Erlang cookie: a private node, and the rabbitmqctl that talks to it, read
 # $HOME/.erlang.cookie (the harness points HOME at a temporary directory and
@@ -36,9 +37,10 @@ set -euo pipefail
 
 log() { printf 'ensure-rabbitmq: %s\n' "$*" >&2; }
 
+# shellcheck source-path=SCRIPTDIR source=lib/apt-no-start.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/apt-no-start.sh"
+
 PKG_LAUNCHER=/usr/lib/rabbitmq/bin/rabbitmq-server
-POLICY=/usr/sbin/policy-rc.d
-POLICY_BACKUP=$POLICY.ensure-rabbitmq.orig
 
 # Prints the path of a usable launcher, or returns 1. The path is kept as
 # given (made absolute) when rabbitmq-env sits next to it, as it does in
@@ -97,17 +99,8 @@ found() {
     exit 0
 }
 
-# A run killed mid-install leaves its policy-rc.d behind (and the one it set
-# aside): put things back. Only a file carrying this script's name is touched.
-if [[ -f $POLICY ]] && grep -q 'ensure-rabbitmq.sh' "$POLICY" 2>/dev/null; then
-    if [[ -e $POLICY_BACKUP || -L $POLICY_BACKUP ]]; then
-        log "restoring $POLICY from $POLICY_BACKUP (left by an interrupted run)"
-        mv -f -- "$POLICY_BACKUP" "$POLICY"
-    else
-        log "removing the $POLICY an interrupted run left"
-        rm -f -- "$POLICY"
-    fi
-fi
+# A run killed mid-install leaves its deny-all policy-rc.d behind: mend it.
+apt_no_start_mend ensure-rabbitmq
 
 # 1. an explicit choice is honoured or refused, never replaced.
 if [[ -n ${RABBITMQ_SERVER:-} ]]; then
@@ -151,38 +144,7 @@ if system_broker_running; then
     log "note: a broker of the rabbitmq user is already running; it is left alone"
 fi
 
-# A policy-rc.d that denies every start (exit 101), for the install's time.
-policy_installed=false
-policy_moved=false
-restore_policy() {
-    if $policy_installed; then
-        rm -f -- "$POLICY"
-        policy_installed=false
-    fi
-    if $policy_moved; then
-        mv -f -- "$POLICY_BACKUP" "$POLICY"
-        policy_moved=false
-    fi
-}
-trap restore_policy EXIT
-if [[ -x $POLICY ]] && { "$POLICY" rabbitmq-server start >/dev/null 2>&1; (($? == 101)); }; then
-    log "$POLICY already denies service starts; keeping it"
-else
-    if [[ -e $POLICY || -L $POLICY ]]; then
-        log "setting $POLICY aside (it allows service starts) for the install"
-        mv -f -- "$POLICY" "$POLICY_BACKUP"
-        policy_moved=true
-    fi
-    printf '#!/bin/sh\n# ensure-rabbitmq.sh: no service starts during its install\nexit 101\n' >"$POLICY"
-    chmod 755 "$POLICY"
-    policy_installed=true
-fi
-
-log "installing rabbitmq-server with apt-get (Debian's package)"
-apt-get update -qq >&2 </dev/null
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >&2 </dev/null
-restore_policy
-trap - EXIT
+apt_no_start_install ensure-rabbitmq rabbitmq-server
 
 # Belt and braces: no system broker of our making may stay (port 5672).
 if ! $had_broker && system_broker_running; then

@@ -10,6 +10,7 @@
 //! `TPS_BIN_DIR`; `make test` builds them first. The nats-server is
 //! `NATS_SERVER`, else `nats-server` on PATH (scripts/ensure-nats.sh installs one).
 
+pub mod contract;
 pub mod ledger;
 pub mod otlp;
 pub mod prom;

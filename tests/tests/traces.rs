@@ -128,6 +128,7 @@ async fn each_signal_is_one_trace_through_gateway_worker_and_aggregator() {
         ),
     ];
     let mut trace_ids = HashSet::new();
+    let mut signals_seen = Vec::new();
     for (t, payload, pool, outcome) in signals {
         let r = client
             .submit(SubmitRequest {
@@ -151,6 +152,37 @@ async fn each_signal_is_one_trace_through_gateway_worker_and_aggregator() {
             "a failed signal's worker span has error status"
         );
         assert!(trace_ids.insert(r.trace_id.clone()), "one trace per signal");
+        signals_seen.push((r.id, r.trace_id));
+    }
+
+    // Every log line about a signal carries its trace id (JSON logs).
+    let mut checked = std::collections::HashMap::new();
+    for service in [
+        &stack.gateway,
+        &stack.worker_fast,
+        &stack.worker_slow,
+        &stack.aggregator,
+    ] {
+        let log = std::fs::read_to_string(&service.log).expect("service log");
+        for (id, trace_id) in &signals_seen {
+            for line in log.lines().filter(|l| l.contains(id.as_str())) {
+                let json: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {line}", service.name));
+                assert!(
+                    line.contains(&format!("\"trace_id\":\"{trace_id}\"")),
+                    "{}: a line about {id} without its trace id: {json}",
+                    service.name
+                );
+                *checked.entry(service.name.clone()).or_insert(0) += 1;
+            }
+        }
+    }
+    eprintln!("log lines checked: {checked:?}");
+    for service in ["gateway", "worker-fast", "worker-slow"] {
+        assert!(
+            checked.get(service).copied().unwrap_or(0) > 0,
+            "{checked:?}"
+        );
     }
 
     // A refusal is a trace of its own whose root says ERROR.
@@ -173,6 +205,82 @@ async fn each_signal_is_one_trace_through_gateway_worker_and_aggregator() {
     .await;
     assert_eq!(root.service, "tps-gateway");
     assert!(root.parent_span_id.is_empty());
+}
+
+/// A `traceparent` (W3C) with a random trace id and parent span id.
+fn caller_context() -> (String, String, String) {
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    let span_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_owned();
+    let header = format!("00-{trace_id}-{span_id}-01");
+    (header, trace_id, span_id)
+}
+
+/// Waits for the gateway's submit span of trace `trace_id` and checks it
+/// continues from the caller's span.
+async fn submit_joins(collector: &Collector, trace_id: &str, parent: &str) {
+    let submit = eventually(Duration::from_secs(30), "the submit span", || {
+        let found = find(&collector.trace(trace_id), "tps-gateway", "submit").cloned();
+        async move { found }
+    })
+    .await;
+    assert_eq!(
+        submit.parent_span_id, parent,
+        "submit is the caller's child"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_trace_is_joined_over_grpc_metadata_and_by_tpsctl() {
+    let (collector, endpoint) = Collector::start().await;
+    let stack = Stack::start_with(StackOptions {
+        env: otel_env(&endpoint),
+        ..Default::default()
+    })
+    .await;
+
+    // A tonic client that sends its own traceparent.
+    let (header, trace_id, parent) = caller_context();
+    let mut request = tonic::Request::new(SubmitRequest {
+        r#type: SignalType::Validate as i32,
+        priority: 2,
+        payload: to_struct(&json!({"data": [1]})),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("traceparent", header.parse().unwrap());
+    let mut client = stack.signals().await;
+    let r = client.submit(request).await.unwrap().into_inner();
+    assert_eq!(
+        r.trace_id, trace_id,
+        "the gateway answers with the caller's trace id"
+    );
+    submit_joins(&collector, &trace_id, &parent).await;
+    let done = wait_terminal(&mut client, &r.id).await;
+    assert_eq!(done.trace_id, trace_id);
+
+    // tpsctl passes TRACEPARENT on.
+    let (header, trace_id, parent) = caller_context();
+    let out = std::process::Command::new(tps_e2e::bin("tpsctl"))
+        .args([
+            "--gateway",
+            &stack.gateway.url("grpc"),
+            "submit",
+            "-t",
+            "validate",
+        ])
+        .args(["--payload", r#"{"data": [2]}"#])
+        .env("TRACEPARENT", &header)
+        .output()
+        .expect("run tpsctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(answer["trace_id"], trace_id.as_str(), "{answer}");
+    submit_joins(&collector, &trace_id, &parent).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use tps_domain::names;
-use tps_proto::v1::{Pool, SignalState, WorkResult};
+use tps_proto::v1::{Pool, SignalState, SignalType, WorkResult};
 use tps_runtime::config::SloConfig;
 
 /// Results seen, once each per (signal, attempt): a result the broker
@@ -127,6 +127,26 @@ impl Metrics {
             target.with_label_values(&label).set(slo.target);
             slo_signals.with_label_values(&label);
             slo_met.with_label_values(&label);
+            lead_time.with_label_values(&label);
+            cycle_time.with_label_values(&label);
+            for t in [
+                SignalType::Validate,
+                SignalType::Execute,
+                SignalType::Report,
+            ] {
+                for outcome in [
+                    SignalState::Succeeded,
+                    SignalState::Failed,
+                    SignalState::DeadLettered,
+                    SignalState::Expired,
+                ] {
+                    results.with_label_values(&[
+                        label[0],
+                        names::signal_type(t),
+                        names::state(outcome),
+                    ]);
+                }
+            }
         }
         for c in [
             Box::new(results.clone()) as Box<dyn prometheus::core::Collector>,
@@ -177,7 +197,6 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tps_proto::v1::SignalType;
 
     fn result(id: &str, attempt: u32, state: SignalState) -> WorkResult {
         WorkResult {

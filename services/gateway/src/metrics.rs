@@ -1,6 +1,8 @@
 //! The gateway's Prometheus series.
 
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use tps_domain::names;
+use tps_proto::v1::{Pool, SignalType};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -98,6 +100,27 @@ impl Metrics {
         registry.register(Box::new(redelivered.clone()))?;
         registry.register(Box::new(fallback_depth.clone()))?;
         registry.register(Box::new(broker_connected.clone()))?;
+        // Every pool's series exist (at 0) from the start.
+        for pool in [Pool::Fast, Pool::Slow] {
+            let p = names::pool(pool);
+            retried.with_label_values(&[p]);
+            for t in [
+                SignalType::Validate,
+                SignalType::Execute,
+                SignalType::Report,
+            ] {
+                accepted.with_label_values(&[p, names::signal_type(t)]);
+            }
+            for gauge in [
+                &queue_depth,
+                &in_flight,
+                &redelivered,
+                &fallback_depth,
+                &dlq_depth,
+            ] {
+                gauge.with_label_values(&[p]);
+            }
+        }
         Ok(Self {
             registry,
             accepted,

@@ -135,9 +135,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         .capacity
         .with_label_values(&[pool_name])
         .set(i64::from(config.kanban.num_workers));
-    // Known from the start, so a dashboard shows 0 rather than no data.
-    metrics.busy.with_label_values(&[pool_name]);
-    metrics.busy_seconds.with_label_values(&[pool_name]);
+    metrics.init(config.pool);
     let breaker = tps_runtime::jidoka::instrumented_breaker(
         &format!("worker-{pool_name}-downstream"),
         config.breaker.clone(),

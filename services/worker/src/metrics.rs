@@ -1,6 +1,8 @@
 //! A worker replica's Prometheus series.
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use tps_domain::names;
+use tps_proto::v1::{Pool, SignalState, SignalType};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -183,5 +185,55 @@ impl Metrics {
             fault_latency,
             fault_error_rate,
         })
+    }
+
+    /// Creates every series this replica of `pool` can emit at 0, so a
+    /// counter exists before its first event: `increase()` counts that
+    /// event, and a dashboard shows 0 rather than no data.
+    pub fn init(&self, pool: Pool) {
+        let p = names::pool(pool);
+        for t in [
+            SignalType::Validate,
+            SignalType::Execute,
+            SignalType::Report,
+        ] {
+            self.cycle_time
+                .with_label_values(&[p, names::signal_type(t)]);
+            for outcome in [
+                SignalState::Succeeded,
+                SignalState::Failed,
+                SignalState::DeadLettered,
+                SignalState::Expired,
+            ] {
+                self.processed.with_label_values(&[
+                    p,
+                    names::signal_type(t),
+                    names::state(outcome),
+                ]);
+            }
+        }
+        for counter in [
+            &self.redeliveries,
+            &self.poison,
+            &self.retries,
+            &self.dead_lettered,
+            &self.held,
+        ] {
+            counter.with_label_values(&[p]);
+        }
+        for kind in ["ack", "nak", "term", "progress"] {
+            self.acks.with_label_values(&[p, kind]);
+        }
+        for backend in ["nats", "rabbitmq"] {
+            self.deliveries.with_label_values(&[p, backend]);
+        }
+        for result in ["recorded", "superseded", "poison"] {
+            self.redriven.with_label_values(&[p, result]);
+        }
+        self.busy.with_label_values(&[p]);
+        self.busy_seconds.with_label_values(&[p]);
+        self.queue_wait.with_label_values(&[p]);
+        self.fault_latency.with_label_values(&[p]);
+        self.fault_error_rate.with_label_values(&[p]);
     }
 }

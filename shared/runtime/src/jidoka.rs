@@ -40,6 +40,14 @@ pub fn instrumented_breaker(
     registry.register(Box::new(state.clone()))?;
     registry.register(Box::new(transitions.clone()))?;
     state.with_label_values(&[name]).set(0);
+    // Every transition exists (at 0) from the start, so increase() sees the
+    // first one and dashboards show 0 rather than no data.
+    let states = [State::Closed, State::Open, State::HalfOpen];
+    for from in states {
+        for to in states.into_iter().filter(|to| *to != from) {
+            transitions.with_label_values(&[name, from.as_str(), to.as_str()]);
+        }
+    }
     let listener_state = state.clone();
     Ok(
         Breaker::new(name, config).with_listener(move |t: &Transition| {
