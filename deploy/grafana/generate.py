@@ -896,7 +896,16 @@ def kanban() -> dict:
                              "{{pool}} re-driven {{result}}")],
                        description="Outcomes decided while NATS was down (held on RabbitMQ) and "
                                    "their re-drive into NATS once it is back.",
-                       unit="reqps", w=24),
+                       unit="reqps", w=12),
+            timeseries("Queue fill (waiting + in flight) / TPS_KANBAN_BUFFER",
+                       [prom(f"100 * (max by (pool) (tps_queue_depth{{{POOL}}}) "
+                             f"+ max by (pool) (tps_queue_in_flight{{{POOL}}})) "
+                             f"/ max by (pool) (tps_queue_capacity{{{POOL}}})", "{{pool}}")],
+                       description="How full each pool's work stream is; at 100 % the gateway "
+                                   "refuses new work (QUEUE_FULL). With the default "
+                                   "TPS_KANBAN_BUFFER=1000 the depth can never pass the Kanban "
+                                   "RED line (> 1000): this panel shows the real limit.",
+                       unit="percent", min_=0, max_=100, w=12),
         ],
     ]
     return dashboard(

@@ -26,6 +26,12 @@ const SERVICES: [&str; 3] = ["", "tps.v1.SignalService", "tps.v1.AdminService"];
 /// Runs the gateway until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     let metrics = metrics::Metrics::new().map_err(|e| StartError::Broker(e.to_string()))?;
+    for pool in [tps_proto::v1::Pool::Fast, tps_proto::v1::Pool::Slow] {
+        metrics
+            .queue_capacity
+            .with_label_values(&[tps_domain::names::pool(pool)])
+            .set(i64::from(config.kanban.buffer));
+    }
     let queue = Queue::connect(&ConnectOptions::from_config(
         "tps-gateway",
         &config.common,

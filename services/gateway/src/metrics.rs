@@ -26,6 +26,9 @@ pub struct Metrics {
     pub fallback_depth: IntGaugeVec,
     /// `tps_dlq_depth{pool}`: dead letters held (until replayed).
     pub dlq_depth: IntGaugeVec,
+    /// `tps_queue_capacity{pool}`: what a pool's work stream holds before
+    /// it refuses (`TPS_KANBAN_BUFFER`).
+    pub queue_capacity: IntGaugeVec,
     /// `tps_broker_connected`: 1 while the NATS connection is up.
     pub broker_connected: IntGauge,
 }
@@ -86,6 +89,13 @@ impl Metrics {
             ),
             &["pool"],
         )?;
+        let queue_capacity = IntGaugeVec::new(
+            Opts::new(
+                "tps_queue_capacity",
+                "Items a pool's work stream holds (waiting + in flight) before it refuses",
+            ),
+            &["pool"],
+        )?;
         let broker_connected = IntGauge::new(
             "tps_broker_connected",
             "1 while the connection to NATS is up",
@@ -97,6 +107,7 @@ impl Metrics {
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(dlq_depth.clone()))?;
+        registry.register(Box::new(queue_capacity.clone()))?;
         registry.register(Box::new(redelivered.clone()))?;
         registry.register(Box::new(fallback_depth.clone()))?;
         registry.register(Box::new(broker_connected.clone()))?;
@@ -132,6 +143,7 @@ impl Metrics {
             redelivered,
             fallback_depth,
             dlq_depth,
+            queue_capacity,
             broker_connected,
         })
     }
