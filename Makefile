@@ -33,7 +33,7 @@ help: ## List the targets
 build: ## Build the release binaries (tps-gateway, tps-worker, tps-aggregator, tpsctl)
 	$(CARGO) build --release --bins
 
-run-local: ## Run NATS, RabbitMQ and the four services on this machine, no Docker (Ctrl-C stops; see scripts/run-local.sh)
+run-local: ## Run NATS, RabbitMQ, the four services and Prometheus on this machine, no Docker (Ctrl-C stops; see scripts/run-local.sh)
 	bash scripts/run-local.sh
 
 # Each step runs in order; the first failure stops the target.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # run-local.sh: the whole TPS flow on this machine, without Docker (`make run-local`).
 #
-#   scripts/run-local.sh          start NATS, RabbitMQ + the four services, wait for Ctrl-C
+#   scripts/run-local.sh          start NATS, RabbitMQ, the four services and
+#                                 Prometheus, wait for Ctrl-C
 #   scripts/run-local.sh stop     stop a run started in the background (`... &`)
 #
 # What it does: finds or installs nats-server (scripts/ensure-nats.sh) and
@@ -10,10 +11,12 @@
 # private RabbitMQ node (the fallback broker: the gateway publishes there while
 # NATS is down), waits until both accept connections, then starts tps-gateway,
 # tps-worker --pool fast, tps-worker --pool slow and tps-aggregator, waits until
-# each has written its ports file (the addresses it actually bound), prints
-# them, then waits. Ctrl-C (or SIGTERM, or `stop`) sends SIGTERM to the
-# services, then to RabbitMQ (its launcher stops the VM gracefully), then to
-# NATS, then to RabbitMQ's epmd, and waits for each to exit.
+# each has written its ports file (the addresses it actually bound), then
+# starts a private Prometheus (scripts/ensure-prometheus.sh) that scrapes them
+# and evaluates the repo's recording and alerting rules, prints the addresses,
+# then waits. Ctrl-C (or SIGTERM, or `stop`) sends SIGTERM to Prometheus, then
+# to the services, then to RabbitMQ (its launcher stops the VM gracefully),
+# then to NATS, then to RabbitMQ's epmd, and waits for each to exit.
 # Once everything is up it supervises: a process that dies (a crash, or
 # `make chaos-crash-worker`) is restarted with the same settings, as a
 # container's restart policy would; one held down on purpose (a file
@@ -33,9 +36,27 @@
 # directory, and an epmd of its own on a free port (the shared one on 4369
 # would outlive the run). Talk to it with rabbitmqctl as the printed table shows.
 #
+# Prometheus is optional as well, and only watches: if there is no prometheus
+# binary (ensure-prometheus.sh installs Debian's `prometheus` package, which
+# needs root), or promtool refuses the generated config, or it is not ready
+# within PROMETHEUS_START_TIMEOUT, a warning says so and the run goes on
+# without it (the services' /metrics still answer). PROMETHEUS_SERVER=none
+# skips it. Its config, .run/prometheus/prometheus.yml, is generated each run
+# from the same rules and job names as deploy/prometheus/prometheus.yml (the
+# compose stack's): rule_files is the repo's deploy/prometheus/rules/*.yml (an
+# absolute path, so rules you edit are read in place: reload with
+# `kill -HUP <its pid>` or `curl -X POST <its address>/-/reload`), the jobs
+# gateway, worker-fast, worker-slow and aggregator (the names the alerts
+# match, e.g. up{job="gateway"}) scrape the metrics addresses the services
+# reported in their ports files, and the job prometheus scrapes itself. It
+# scrapes and evaluates every 5s rather than compose's 15s, so a local run
+# shows changes quickly (the tps.recording group keeps its own 15s). Should a
+# service bound to port 0 come back from a restart on another port, the
+# config is rewritten and Prometheus reloaded (SIGHUP).
+#
 # Everything it writes goes to the run directory (default .run/, gitignored):
 #   pids                "name pid executable" per line (the supervisor, nats,
-#                       epmd, rabbitmq and the services)
+#                       epmd, rabbitmq, the services and prometheus)
 #   nats.log  nats.out  nats-store/   the NATS server's log, its stdout/stderr
 #                       (start-up errors), and JetStream data (kept across runs;
 #                       `make clean` removes it)
@@ -48,6 +69,9 @@
 #   <service>.ports     JSON written by the service once bound,
 #                       e.g. {"grpc":"127.0.0.1:50051","http":"127.0.0.1:8080","metrics":"127.0.0.1:9101"}
 #   rabbitmq.ports      RabbitMQ's addresses, in the same form: {"amqp":...,"dist":...,"epmd":...}
+#   prometheus.log      Prometheus' log
+#   prometheus/         prometheus.yml (generated, checked with promtool check
+#                       config) and data/, its TSDB (fresh each run)
 #
 # Settings (environment; an address of 127.0.0.1:0 lets the OS pick a port, and
 # the table printed at the end shows what was bound):
@@ -71,6 +95,12 @@
 #   BIN_DIR                   use the binaries in this directory and skip the build
 #   START_TIMEOUT             seconds to wait for the services to bind (60)
 #   RABBITMQ_START_TIMEOUT    seconds to wait for RabbitMQ to be ready (60)
+#   PROMETHEUS_PORT           Prometheus' HTTP port, on 127.0.0.1 (9091, as in
+#                             compose; a free port is picked if it is busy)
+#   PROMETHEUS_SERVER         the prometheus binary to use (else the one beside
+#                             the promtool ensure-prometheus.sh finds or
+#                             installs); `none`: no Prometheus
+#   PROMETHEUS_START_TIMEOUT  seconds to wait for Prometheus to be ready (30)
 #   STOP_TIMEOUT              seconds each process gets after SIGTERM before SIGKILL
 #                             (40: a worker waits up to TPS_SHUTDOWN_GRACE=30s for in-flight work)
 #   NATS_SERVER               the nats-server binary to use (else ensure-nats.sh finds one)
@@ -243,13 +273,16 @@ stop_rabbitmq_records() {
     done
 }
 
-# In order: the services, RabbitMQ, NATS, then RabbitMQ's epmd.
+# In order: Prometheus (first, so it records no outage of ours), the
+# services, RabbitMQ, NATS, then RabbitMQ's epmd.
 stop_all_recorded() {
-    local -a svc=() rabbit=() nats=() epmd=()
+    local -a prom=() svc=() rabbit=() nats=() epmd=()
+    mapfile -t prom < <(records_named prometheus)
     mapfile -t svc < <(records_named "${SERVICES[@]}")
     mapfile -t rabbit < <(records_named rabbitmq)
     mapfile -t nats < <(records_named nats)
     mapfile -t epmd < <(records_named epmd)
+    ((${#prom[@]})) && stop_records "${prom[@]}"
     ((${#svc[@]})) && stop_records "${svc[@]}"
     ((${#rabbit[@]})) && stop_rabbitmq_records "${rabbit[@]}"
     ((${#nats[@]})) && stop_records "${nats[@]}"
@@ -387,6 +420,35 @@ elif ! RABBITMQ_LAUNCHER=$(bash "$ROOT/scripts/ensure-rabbitmq.sh"); then
     rabbit_off "RabbitMQ is not available (scripts/ensure-rabbitmq.sh failed; see above)"
 elif ! EPMD=$(command -v epmd || ls /usr/lib/erlang/bin/epmd 2>/dev/null); then
     rabbit_off "epmd (it comes with Erlang) not found"
+fi
+
+# Prometheus is optional too (it only watches): without it the run goes on.
+# promtool (to check the generated config) comes from ensure-prometheus.sh,
+# which honours $PROMTOOL and installs Debian's package as root; the server
+# is the prometheus beside it (/usr/bin/prometheus), or the first on PATH.
+PROMETHEUS_BIN=
+PROM_NOTE=
+prom_off() {
+    log "WARNING: $*"
+    log "WARNING: running WITHOUT Prometheus: no recording rules or alerts locally (each service's /metrics still answers)"
+    PROMETHEUS_BIN=
+    PROM_NOTE="not running (see the warning in the log above)"
+}
+if [[ ${PROMETHEUS_SERVER:-} == none ]]; then
+    log "PROMETHEUS_SERVER=none: Prometheus is not started"
+    PROM_NOTE="not running (PROMETHEUS_SERVER=none)"
+elif ! PROMTOOL=$(bash "$ROOT/scripts/ensure-prometheus.sh"); then
+    prom_off "Prometheus is not available (scripts/ensure-prometheus.sh failed; see above)"
+elif [[ -n ${PROMETHEUS_SERVER:-} ]]; then
+    if [[ -x $PROMETHEUS_SERVER ]]; then
+        PROMETHEUS_BIN=$PROMETHEUS_SERVER
+    else
+        prom_off "PROMETHEUS_SERVER=$PROMETHEUS_SERVER is not an executable"
+    fi
+elif [[ -x $(dirname "$PROMTOOL")/prometheus ]]; then
+    PROMETHEUS_BIN=$(dirname "$PROMTOOL")/prometheus
+elif ! PROMETHEUS_BIN=$(command -v prometheus); then
+    prom_off "no prometheus binary beside $PROMTOOL nor on PATH"
 fi
 
 # From here on anything we started is stopped on the way out.
@@ -613,6 +675,7 @@ launch() {
     worker-fast) start worker-fast "$WORKER_FAST_GRPC_ADDR" - "$WORKER_FAST_METRICS_ADDR" tps-worker --pool fast ;;
     worker-slow) start worker-slow "$WORKER_SLOW_GRPC_ADDR" - "$WORKER_SLOW_METRICS_ADDR" tps-worker --pool slow ;;
     aggregator) start aggregator "$AGGREGATOR_GRPC_ADDR" - "$AGGREGATOR_METRICS_ADDR" tps-aggregator ;;
+    prometheus) start_prometheus ;;
     esac
 }
 for s in "${SERVICES[@]}"; do
@@ -652,6 +715,142 @@ while :; do
     sleep 0.25
 done
 
+# --- Prometheus, once the services have bound --------------------------------
+# Its targets are the metrics addresses the services reported (with
+# 127.0.0.1:0 the OS picked them), so it starts only now.
+PROM_DIR=$RUN_DIR/prometheus
+PROM_CONFIG=$PROM_DIR/prometheus.yml
+PROMETHEUS_PORT=${PROMETHEUS_PORT:-9091}
+PROMETHEUS_START_TIMEOUT=${PROMETHEUS_START_TIMEOUT:-30}
+PROM_PID=
+
+# metrics_target NAME: the address to scrape a service at: the "metrics"
+# address of its ports file, a wildcard host (0.0.0.0, [::]) made 127.0.0.1;
+# empty if there is none yet. Pure bash: the supervisor may call it every
+# half second.
+metrics_target() {
+    local line='' re='"metrics":"([^"]*)"' addr
+    read -r line 2>/dev/null <"$RUN_DIR/$1.ports" || [[ -n $line ]] || return 0
+    [[ $line =~ $re ]] || return 0
+    addr=${BASH_REMATCH[1]}
+    case ${addr%:*} in
+    0.0.0.0 | "[::]") addr=127.0.0.1:${addr##*:} ;;
+    esac
+    printf '%s\n' "$addr"
+}
+
+# prom_targets: "name=target ..." for the four services, on one line.
+prom_targets() {
+    local s out=
+    for s in "${SERVICES[@]}"; do
+        out+="$s=$(metrics_target "$s") "
+    done
+    printf '%s\n' "${out% }"
+}
+
+# A YAML double-quoted scalar (JSON's escapes, which YAML shares).
+yaml_str() {
+    local v=${1//\\/\\\\}
+    printf '"%s"' "${v//\"/\\\"}"
+}
+
+# write_prom_config: (re)writes $PROM_CONFIG from the ports files.
+write_prom_config() {
+    local s
+    {
+        cat <<EOF
+# Generated by scripts/run-local.sh for this run (rewritten every run: edit
+# the script, not this file). The rules and job names of the compose stack's
+# deploy/prometheus/prometheus.yml; the targets are the metrics addresses the
+# services reported in $RUN_DIR/<service>.ports.
+# Every 5s rather than compose's 15s, so that a local run shows changes
+# quickly (the tps.recording group sets its own 15s interval).
+global:
+  scrape_interval: 5s
+  scrape_timeout: 5s
+  evaluation_interval: 5s
+
+rule_files:
+  - $(yaml_str "$ROOT/deploy/prometheus/rules/*.yml")
+
+scrape_configs:
+EOF
+        for s in "${SERVICES[@]}"; do
+            printf '  - job_name: %s\n    static_configs:\n      - targets: [%s]\n\n' \
+                "$s" "$(yaml_str "$(metrics_target "$s")")"
+        done
+        printf '  - job_name: prometheus\n    static_configs:\n      - targets: [%s]\n' \
+            "$(yaml_str "127.0.0.1:$PROMETHEUS_PORT")"
+    } >"$PROM_CONFIG.tmp"
+    mv "$PROM_CONFIG.tmp" "$PROM_CONFIG"
+}
+
+start_prometheus() {
+    "$PROMETHEUS_BIN" --config.file="$PROM_CONFIG" \
+        --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" \
+        --storage.tsdb.path="$PROM_DIR/data" \
+        --web.enable-lifecycle \
+        </dev/null >>"$RUN_DIR/prometheus.log" 2>&1 &
+    PROM_PID=$!
+    printf 'prometheus %s %s\n' "$PROM_PID" "$(basename "$PROMETHEUS_BIN")" >>"$PIDS_FILE"
+    log "prometheus pid $PROM_PID on http://127.0.0.1:$PROMETHEUS_PORT (config $PROM_CONFIG, log $RUN_DIR/prometheus.log)"
+}
+
+# Ready: it says so in its log and its port accepts.
+prom_ready() {
+    grep -qF "Server is ready to receive web requests" "$RUN_DIR/prometheus.log" 2>/dev/null &&
+        (exec 3<>"/dev/tcp/127.0.0.1/$PROMETHEUS_PORT") 2>/dev/null
+}
+
+if [[ -n $PROMETHEUS_BIN ]]; then
+    if ! port_free "127.0.0.1:$PROMETHEUS_PORT"; then
+        busy=$PROMETHEUS_PORT
+        PROMETHEUS_PORT=$(free_port)
+        log "port $busy is busy; Prometheus will listen on $PROMETHEUS_PORT"
+    fi
+    # Fresh data each run: yesterday's series would mix with today's.
+    rm -rf "$PROM_DIR/data"
+    mkdir -p "$PROM_DIR"
+    write_prom_config
+    if ! out=$("$PROMTOOL" check config "$PROM_CONFIG" 2>&1); then
+        printf '%s\n' "$out" | sed 's/^/    /' >&2
+        prom_off "promtool check config refused $PROM_CONFIG (see above)"
+    else
+        log "promtool check config $PROM_CONFIG: SUCCESS"
+    fi
+fi
+if [[ -n $PROMETHEUS_BIN ]]; then
+    : >"$RUN_DIR/prometheus.log"
+    prom_error=
+    deadline=$((SECONDS + PROMETHEUS_START_TIMEOUT))
+    start_prometheus
+    until prom_ready; do
+        if ! is_running "$PROM_PID"; then
+            prom_error="prometheus exited during start-up"
+            break
+        fi
+        if ((SECONDS >= deadline)); then
+            prom_error="Prometheus was not ready on 127.0.0.1:$PROMETHEUS_PORT within ${PROMETHEUS_START_TIMEOUT}s"
+            break
+        fi
+        sleep 0.25
+    done
+    if [[ -n $prom_error ]]; then
+        tail -n 30 "$RUN_DIR/prometheus.log" 2>/dev/null | sed 's/^/    /' >&2 || true
+        mapfile -t recs < <(records_named prometheus)
+        ((${#recs[@]})) && stop_records "${recs[@]}"
+        drop_records prometheus
+        prom_off "$prom_error (see $RUN_DIR/prometheus.log)"
+    fi
+fi
+# Services bound to port 0 come back from a restart on another port: the
+# supervisor then follows them (see below). Fixed ports need no following.
+PROM_FOLLOW=
+for var in GATEWAY_METRICS_ADDR WORKER_FAST_METRICS_ADDR WORKER_SLOW_METRICS_ADDR AGGREGATOR_METRICS_ADDR; do
+    [[ ${!var##*:} == 0 ]] && PROM_FOLLOW=1
+done
+PROM_TARGETS=$(prom_targets)
+
 # --- what is running --------------------------------------------------------
 # port NAME LISTENER: the address a service reported, or empty.
 port() {
@@ -674,7 +873,7 @@ port() {
         printf '  %-12s %-8s %-8s %s\n' rabbitmq - - "not running (TPS_FALLBACK=none)"
     fi
     while read -r name pid _; do
-        [[ $name == supervisor || $name == nats || $name == rabbitmq || $name == epmd ]] && continue
+        [[ $name == supervisor || $name == nats || $name == rabbitmq || $name == epmd || $name == prometheus ]] && continue
         python3 - "$RUN_DIR/$name.ports" "$name" "$pid" <<'PY'
 import json, sys
 path, name, pid = sys.argv[1:4]
@@ -682,6 +881,11 @@ for listener, addr in sorted(json.load(open(path)).items()):
     print(f"  {name:<12} {pid:<8} {listener:<8} {addr}")
 PY
     done <"$PIDS_FILE"
+    if [[ -n $PROMETHEUS_BIN ]]; then
+        printf '  %-12s %-8s %-8s %s\n' prometheus "$PROM_PID" http "http://127.0.0.1:$PROMETHEUS_PORT"
+    else
+        printf '  %-12s %-8s %-8s %s\n' prometheus - - "$PROM_NOTE"
+    fi
     gw_grpc=$(port gateway grpc)
     gw_http=$(port gateway http)
     agg_grpc=$(port aggregator grpc)
@@ -698,6 +902,11 @@ EOF
        -d '{"signal_type":"execute","payload":{"task":"demo"}}'
 EOF
     [[ -x $BIN_DIR/tpsctl ]] && echo "  $BIN_DIR/tpsctl --help"
+    [[ -n $PROMETHEUS_BIN ]] && cat <<EOF
+  curl -s 'http://127.0.0.1:$PROMETHEUS_PORT/api/v1/query?query=tps:andon_state'
+  http://127.0.0.1:$PROMETHEUS_PORT/alerts, /rules, /targets in a browser
+  kill -HUP $PROM_PID      # Prometheus re-reads deploy/prometheus/rules/*.yml
+EOF
     [[ -n $RABBITMQ_LAUNCHER ]] && cat <<EOF
   env HOME=$RABBIT_DIR/home ERL_EPMD_PORT=$EPMD_PORT \\
       $(dirname "$RABBITMQ_LAUNCHER")/rabbitmqctl -n $RABBIT_NODE list_queues
@@ -729,10 +938,30 @@ while :; do
         RESTARTS[$name]=$((${RESTARTS[$name]:-0} + 1))
         if ((RESTARTS[$name] > 10)); then
             tail -n 40 "$RUN_DIR/$name.log" | sed 's/^/    /' >&2 || true
+            # Prometheus only watches: the run goes on without it.
+            if [[ $name == prometheus ]]; then
+                drop_records prometheus
+                prom_off "prometheus keeps exiting (10 restarts; see $RUN_DIR/prometheus.log)"
+                continue
+            fi
             die "$name keeps exiting (10 restarts); stopping the rest"
         fi
         log "$name (pid $pid) exited (status $status); restarting it (restart ${RESTARTS[$name]})"
         grep -v "^$name $pid " "$PIDS_FILE" >"$PIDS_FILE.tmp" && mv "$PIDS_FILE.tmp" "$PIDS_FILE"
         launch "$name"
     done
+    # A service on port 0 that restarted may report another metrics port:
+    # rewrite the config and reload Prometheus (SIGHUP) once all four have one.
+    if [[ -n $PROM_FOLLOW && -n $PROMETHEUS_BIN ]]; then
+        targets=$(prom_targets)
+        if [[ $targets != "$PROM_TARGETS" && " $targets" != *"= "* && $targets != *= ]]; then
+            PROM_TARGETS=$targets
+            write_prom_config
+            read -r _ ppid pexe < <(records_named prometheus) || ppid=
+            if [[ -n $ppid ]] && is_ours "$ppid" "$pexe"; then
+                kill -HUP "$ppid" 2>/dev/null || true
+                log "metrics addresses changed ($targets): Prometheus (pid $ppid) reloaded"
+            fi
+        fi
+    fi
 done
