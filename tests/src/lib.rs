@@ -10,6 +10,7 @@
 //! `TPS_BIN_DIR`; `make test` builds them first. The nats-server is
 //! `NATS_SERVER`, else `nats-server` on PATH (scripts/ensure-nats.sh installs one).
 
+pub mod browser;
 pub mod contract;
 pub mod ledger;
 pub mod otlp;
@@ -291,6 +292,7 @@ impl Service {
             .env("TPS_GRPC_ADDR", addr("grpc"))
             .env("TPS_HTTP_ADDR", addr("http"))
             .env("TPS_METRICS_ADDR", addr("metrics"))
+            .env("TPS_BOARD_ADDR", addr("board"))
             .env("TPS_PORTS_FILE", &ports_file)
             .env("TPS_LOG_FORMAT", "json")
             .env("TPS_LOG", "info")
@@ -462,6 +464,8 @@ pub struct StackOptions {
     pub fast_env: Vec<(&'static str, String)>,
     /// Extra environment for the gateway only.
     pub gateway_env: Vec<(&'static str, String)>,
+    /// Extra environment for the aggregator only.
+    pub aggregator_env: Vec<(&'static str, String)>,
     /// Start a private RabbitMQ node and let every service fail over to it
     /// (`TPS_FALLBACK=rabbitmq`); without it the stack runs on NATS alone
     /// (`TPS_FALLBACK=none`).
@@ -533,13 +537,10 @@ impl Stack {
             &["--pool", "slow"],
             &with(&slow),
         );
-        let aggregator = Service::start(
-            dir.path(),
-            "aggregator",
-            "tps-aggregator",
-            &[],
-            &with(&[("TPS_INSTANCE_ID", "aggregator-1".to_owned())]),
-        );
+        let mut agg = vec![("TPS_INSTANCE_ID", "aggregator-1".to_owned())];
+        agg.extend(options.aggregator_env.iter().cloned());
+        let aggregator =
+            Service::start(dir.path(), "aggregator", "tps-aggregator", &[], &with(&agg));
         for s in [&gateway, &worker_fast, &worker_slow, &aggregator] {
             s.wait_serving().await;
         }
@@ -588,6 +589,20 @@ impl Stack {
         &self,
     ) -> tps_proto::v1::signal_service_client::SignalServiceClient<Channel> {
         tps_proto::v1::signal_service_client::SignalServiceClient::new(self.gateway.channel().await)
+    }
+
+    pub async fn andon(&self) -> tps_proto::v1::andon_service_client::AndonServiceClient<Channel> {
+        tps_proto::v1::andon_service_client::AndonServiceClient::new(
+            self.aggregator.channel().await,
+        )
+    }
+
+    pub async fn kaizen(
+        &self,
+    ) -> tps_proto::v1::kaizen_service_client::KaizenServiceClient<Channel> {
+        tps_proto::v1::kaizen_service_client::KaizenServiceClient::new(
+            self.aggregator.channel().await,
+        )
     }
 
     /// Stops the fallback broker (gracefully; it blocks for about a second,

@@ -3,7 +3,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
-use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{
+    GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
 use tps_domain::names;
 use tps_proto::v1::{Pool, SignalState, SignalType, WorkResult};
 use tps_runtime::config::SloConfig;
@@ -55,6 +57,10 @@ pub struct Metrics {
     pub slo_signals: IntCounterVec,
     /// `tps_slo_met_total{pool}`: of those, SUCCEEDED within the objective.
     pub slo_met: IntCounterVec,
+    /// `tps_andon_state{principle}`: 0 GREEN, 1 YELLOW, 2 RED (and `overall`).
+    pub andon_state: IntGaugeVec,
+    /// `tps_andon_transitions_total{principle,to}`.
+    pub andon_transitions: IntCounterVec,
     slo: SloConfig,
 }
 
@@ -148,6 +154,27 @@ impl Metrics {
                 }
             }
         }
+        let andon_state = IntGaugeVec::new(
+            Opts::new(
+                "tps_andon_state",
+                "Andon light per principle (and overall): 0 GREEN, 1 YELLOW, 2 RED",
+            ),
+            &["principle"],
+        )?;
+        let andon_transitions = IntCounterVec::new(
+            Opts::new(
+                "tps_andon_transitions_total",
+                "Andon light changes, by principle and the colour changed to",
+            ),
+            &["principle", "to"],
+        )?;
+        for principle in crate::engine::principle_labels() {
+            andon_state.with_label_values(&[&principle]).set(0);
+            for to in ["green", "yellow", "red"] {
+                andon_transitions.with_label_values(&[&principle, to]);
+            }
+        }
+        andon_state.with_label_values(&["overall"]).set(0);
         for c in [
             Box::new(results.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(lead_time.clone()),
@@ -156,6 +183,8 @@ impl Metrics {
             Box::new(slo_met.clone()),
             Box::new(objective),
             Box::new(target),
+            Box::new(andon_state.clone()),
+            Box::new(andon_transitions.clone()),
         ] {
             registry.register(c)?;
         }
@@ -166,6 +195,8 @@ impl Metrics {
             cycle_time,
             slo_signals,
             slo_met,
+            andon_state,
+            andon_transitions,
             slo,
         })
     }

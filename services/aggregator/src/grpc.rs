@@ -1,7 +1,10 @@
-//! AndonService and KaizenService. Their computation (lights with hysteresis,
-//! windowed percentiles, SLOs, burn rates) is the Andon/Kaizen issue; until
-//! it lands they answer UNIMPLEMENTED rather than a made-up board.
+//! AndonService and KaizenService, answered from the engine.
 
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 use tps_proto::v1::andon_service_server::AndonService;
 use tps_proto::v1::kaizen_service_server::KaizenService;
@@ -10,36 +13,59 @@ use tps_proto::v1::{
     KaizenReport, KaizenReportRequest,
 };
 
-pub struct Andon;
-pub struct Kaizen;
+use crate::engine::SharedEngine;
 
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "{what} arrives with the Andon/Kaizen issue; counts and timings are on /metrics now"
-    ))
-}
+pub struct Andon(pub SharedEngine);
+pub struct Kaizen(pub SharedEngine);
+
+/// The Kaizen window when a request gives none.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
 
 #[tonic::async_trait]
 impl AndonService for Andon {
     async fn get(&self, _r: Request<AndonGetRequest>) -> Result<Response<AndonBoard>, Status> {
-        Err(not_yet("the Andon board"))
+        Ok(Response::new(self.0.board()))
     }
 
-    type WatchStream =
-        std::pin::Pin<Box<dyn futures::Stream<Item = Result<AndonBoard, Status>> + Send>>;
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<AndonBoard, Status>> + Send>>;
 
+    /// The board now, then the board after every change, in order. A
+    /// watcher that falls more than a few hundred changes behind is sent the
+    /// board as it is then and continues from there.
     async fn watch(
         &self,
         _r: Request<AndonWatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        Err(not_yet("Andon Watch"))
+        let engine = self.0.clone();
+        let (first, changes) = engine.subscribe();
+        let stream = futures::stream::unfold(
+            (Some(first), changes, engine),
+            |(first, mut changes, engine)| async move {
+                if let Some(board) = first {
+                    return Some((Ok(board), (None, changes, engine)));
+                }
+                let board = match changes.recv().await {
+                    Ok(board) => board,
+                    Err(RecvError::Lagged(skipped)) => {
+                        tracing::warn!(skipped, "an Andon watcher fell behind");
+                        engine.board()
+                    }
+                    Err(RecvError::Closed) => return None,
+                };
+                Some((Ok(board), (None, changes, engine)))
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn history(
         &self,
-        _r: Request<AndonHistoryRequest>,
+        r: Request<AndonHistoryRequest>,
     ) -> Result<Response<AndonHistoryResponse>, Status> {
-        Err(not_yet("Andon History"))
+        let limit = r.into_inner().limit as usize;
+        Ok(Response::new(AndonHistoryResponse {
+            transitions: self.0.history(limit),
+        }))
     }
 }
 
@@ -47,8 +73,16 @@ impl AndonService for Andon {
 impl KaizenService for Kaizen {
     async fn report(
         &self,
-        _r: Request<KaizenReportRequest>,
+        r: Request<KaizenReportRequest>,
     ) -> Result<Response<KaizenReport>, Status> {
-        Err(not_yet("the Kaizen report"))
+        let window = match r.into_inner().window {
+            None => DEFAULT_WINDOW,
+            Some(w) => Duration::try_from(w)
+                .map_err(|_| Status::invalid_argument("window must be a positive duration"))?,
+        };
+        self.0
+            .report(window)
+            .map(Response::new)
+            .map_err(Status::invalid_argument)
     }
 }

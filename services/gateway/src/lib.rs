@@ -86,6 +86,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
 
     let watcher = tokio::spawn(watch_health(core.clone(), standard.health.clone()));
     let flusher = tokio::spawn(flush_pending(core.clone()));
+    let line_core = core.clone();
+    let line_reporter = tokio::spawn(tps_queue::report_lines(
+        core.queue.clone(),
+        shutdown.clone(),
+        move || tps_proto::v1::LineStatus {
+            instance: line_core.config.common.instance_id.clone(),
+            role: "gateway".into(),
+            breaker: line_core.breaker().name().to_owned(),
+            circuit_state: tps_runtime::jidoka::circuit_state(line_core.breaker().state()) as i32,
+            line: if line_core.shutdown.is_cancelled() {
+                tps_proto::v1::LineState::Draining as i32
+            } else {
+                tps_proto::v1::LineState::Running as i32
+            },
+            ..Default::default()
+        },
+    ));
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {
         axum::serve(http_listener, http::router(core))
@@ -107,6 +124,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     // HTTP facade to finish its in-flight requests.
     watcher.abort();
     flusher.abort();
+    line_reporter.abort();
     match http.await {
         Ok(Err(e)) => tracing::error!(error = %e, "HTTP facade failed"),
         Err(e) => tracing::error!(error = %e, "HTTP facade task failed"),

@@ -9,6 +9,8 @@
 //! tpsctl dlq list|replay
 //! tpsctl chaos crash-worker|queue-down|queue-recover|rabbit-down|rabbit-recover|downstream|cascade|stop   # against make run-local
 //! tpsctl chaos suite [--only queue-down] [--rate 20] [--phase 20]              # every scenario under a steady load
+//! tpsctl andon [--once] [--history 20] [--json]       # the Andon board, live (aggregator)
+//! tpsctl kaizen [--window 5m] [--json]                # the Kaizen report (aggregator)
 //! ```
 //!
 //! Output is JSON (one object per line for `watch`; one ledger line per
@@ -17,6 +19,7 @@
 //! signal; 3 `--wait` or `watch` ended in a terminal state other than SUCCEEDED.
 
 mod admin;
+mod board;
 mod chaos;
 mod commands;
 mod steady;
@@ -34,6 +37,14 @@ struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     gateway: String,
+    /// The aggregator's gRPC address (andon, kaizen).
+    #[arg(
+        long,
+        global = true,
+        env = "TPS_AGGREGATOR",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    aggregator: String,
     /// The admin token for mutating operator calls.
     #[arg(long, global = true, env = "TPS_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -73,6 +84,10 @@ enum Command {
         #[command(subcommand)]
         command: admin::DlqCommand,
     },
+    /// The Andon board: every light with its reason, following each change.
+    Andon(board::AndonArgs),
+    /// The Kaizen report: counts, percentiles, SLOs, burn rates, Little's law.
+    Kaizen(board::KaizenArgs),
     /// Break a `make run-local` stack on purpose (and mend it).
     Chaos {
         /// run-local's run directory.
@@ -99,6 +114,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Dlq { command } => {
             admin::dlq(&cli.gateway, cli.admin_token.as_deref(), command).await
         }
+        Command::Andon(args) => board::andon(&cli.aggregator, args).await,
+        Command::Kaizen(args) => board::kaizen(&cli.aggregator, args).await,
         Command::Chaos { run_dir, command } => {
             chaos::run(run_dir, cli.admin_token.as_deref(), command).await
         }

@@ -93,6 +93,23 @@ impl Worker {
         self.fault.lock().map(|f| *f).unwrap_or_default()
     }
 
+    /// What this replica reports in the lines bucket (the aggregator's
+    /// Jidoka and Heijunka inputs).
+    pub fn line_status(&self) -> tps_proto::v1::LineStatus {
+        tps_proto::v1::LineStatus {
+            instance: self.config.common.instance_id.clone(),
+            role: "worker".into(),
+            pool: self.pool() as i32,
+            breaker: self.breaker.name().to_owned(),
+            circuit_state: tps_runtime::jidoka::circuit_state(self.breaker.state()) as i32,
+            capacity: self.capacity(),
+            busy: self.busy(),
+            processed: Self::count(&self.counters.processed),
+            line: self.line_state() as i32,
+            at: None,
+        }
+    }
+
     /// The line as operators see it: STOPPED while the breaker is open.
     pub fn line_state(&self) -> LineState {
         if self.shutdown.is_cancelled() {
@@ -178,6 +195,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     )?;
 
     let health = tokio::spawn(watch_health(worker.clone(), standard.health.clone()));
+    // Reported until the replica is gone (in-flight work finished), so the
+    // aggregator sees a draining replica's busy handlers.
+    let line_worker = worker.clone();
+    let line_reporter = tokio::spawn(tps_queue::report_lines(
+        worker.queue.clone(),
+        server_stop.clone(),
+        move || line_worker.line_status(),
+    ));
     tracing::info!(
         pool = pool_name,
         capacity = config.kanban.num_workers,
@@ -221,6 +246,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         );
     }
     server_stop.cancel();
+    let _ = line_reporter.await;
     match server.await {
         Ok(Err(e)) => tracing::error!(error = %e, "gRPC server failed"),
         Err(e) => tracing::error!(error = %e, "gRPC server task failed"),

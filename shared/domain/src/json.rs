@@ -108,6 +108,97 @@ pub fn submit_view(r: &tps_proto::v1::SubmitResponse) -> Json {
     })
 }
 
+fn timestamp(t: &Option<prost_types::Timestamp>) -> Json {
+    t.map_or(Json::Null, |t| Json::String(t.to_string()))
+}
+
+fn percentiles_view(p: &Option<tps_proto::v1::Percentiles>) -> Json {
+    match p {
+        None => Json::Null,
+        Some(p) => serde_json::json!({
+            "p50_ms": p.p50_ms, "p95_ms": p.p95_ms, "p99_ms": p.p99_ms,
+            "max_ms": p.max_ms, "count": p.count,
+        }),
+    }
+}
+
+/// A Kaizen report as JSON (the web board's /api/kaizen, `tpsctl kaizen --json`).
+pub fn kaizen_view(r: &tps_proto::v1::KaizenReport) -> Json {
+    use crate::names;
+    let window = r
+        .window
+        .and_then(|w| std::time::Duration::try_from(w).ok())
+        .unwrap_or_default();
+    serde_json::json!({
+        "window_seconds": window.as_secs_f64(),
+        "generated_at": timestamp(&r.generated_at),
+        "error_rate": r.error_rate,
+        "counts": r.counts.iter().map(|c| serde_json::json!({
+            "pool": names::pool(c.pool()),
+            "type": names::signal_type(c.r#type()),
+            "outcome": names::state(c.outcome()),
+            "count": c.count,
+        })).collect::<Vec<_>>(),
+        "pools": r.pools.iter().map(|p| serde_json::json!({
+            "pool": names::pool(p.pool()),
+            "completed": p.completed,
+            "throughput_per_sec": p.throughput_per_sec,
+            "error_rate": p.error_rate,
+            "lead_time": percentiles_view(&p.lead_time),
+            "cycle_time": percentiles_view(&p.cycle_time),
+            "queue_wait": percentiles_view(&p.queue_wait),
+            "workers_needed": p.workers_needed,
+            "workers_present": p.workers_present,
+            "recommendation": p.recommendation,
+        })).collect::<Vec<_>>(),
+        "slos": r.slos.iter().map(|s| serde_json::json!({
+            "pool": names::pool(s.pool()),
+            "target": s.target,
+            "objective_ms": s.objective_ms,
+            "attainment": s.attainment,
+            "burn_rate_5m": s.burn_rate_5m,
+            "burn_rate_1h": s.burn_rate_1h,
+            "burn_rate_6h": s.burn_rate_6h,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// One light of the Andon board as JSON.
+pub fn light_view(l: &tps_proto::v1::PrincipleLight) -> Json {
+    use crate::andon;
+    serde_json::json!({
+        "principle": andon::principle_name(l.principle()),
+        "light": andon::light_name(l.light()),
+        "reason": l.reason,
+        "value": l.value,
+        "unit": l.unit,
+        "detail": l.detail,
+        "since": timestamp(&l.since),
+    })
+}
+
+/// One Andon transition as JSON.
+pub fn transition_view(t: &tps_proto::v1::AndonTransition) -> Json {
+    use crate::andon;
+    serde_json::json!({
+        "principle": andon::principle_name(t.principle()),
+        "from": andon::light_name(t.from()),
+        "to": andon::light_name(t.to()),
+        "reason": t.reason,
+        "value": t.value,
+        "at": timestamp(&t.at),
+    })
+}
+
+/// The Andon board as JSON (`tpsctl andon --json`).
+pub fn board_view(b: &tps_proto::v1::AndonBoard) -> Json {
+    serde_json::json!({
+        "overall": crate::andon::light_name(b.overall()),
+        "lights": b.lights.iter().map(light_view).collect::<Vec<_>>(),
+        "updated_at": timestamp(&b.updated_at),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

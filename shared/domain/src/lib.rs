@@ -3,6 +3,7 @@
 //! conversions between JSON and `google.protobuf.Struct`. Nothing here does
 //! I/O, so every rule is unit-tested directly.
 
+pub mod andon;
 pub mod json;
 pub mod names;
 pub mod routing;

@@ -9,16 +9,20 @@
 //! | consumer | `worker-<pool>` | durable pull consumer a pool's replicas share; explicit ack |
 //! | stream | `TPS_RESULTS` | work results, subjects `tps.result.<pool>`; replayable history |
 //! | bucket | `TPS_STATUS` | the status of every signal, keyed by id; any gateway replica answers Get from it |
+//! | bucket | `TPS_LINES` | each gateway and worker replica's line status (breaker, capacity, busy), refreshed every second |
+//! | stream | `TPS_ANDON` | the Andon board's transitions (`tps.andon.transition`), the last `TPS_ANDON_HISTORY` kept |
 //!
 //! Streams, consumers and the bucket are created idempotently by whichever
 //! service starts first ([`Queue::connect`]).
 
 pub mod amqp;
 pub mod failover;
+mod lines;
 mod names;
 mod nats;
 
 pub use failover::{Backend, Failover, Published};
+pub use lines::{LINE_REPORT_EVERY, LINE_STALE_AFTER, line_key, report_lines};
 pub use names::Names;
 pub use nats::{ConnectOptions, Queue, QueueStats, StatusEntry, message_id};
 

@@ -72,6 +72,21 @@ impl Names {
         self.stream("TPS_STATUS")
     }
 
+    /// The replicas' line statuses: `TPS_LINES`.
+    pub fn lines_bucket(&self) -> String {
+        self.stream("TPS_LINES")
+    }
+
+    /// The Andon board's transitions, kept for History: `TPS_ANDON`.
+    pub fn andon_stream(&self) -> String {
+        self.stream("TPS_ANDON")
+    }
+
+    /// `tps.andon.transition`.
+    pub fn andon_subject(&self) -> String {
+        format!("{}.andon.transition", self.prefix())
+    }
+
     /// `tps.work.<pool>.p<priority>`.
     pub fn work_subject(&self, pool: Pool, priority: u32) -> String {
         format!(

@@ -90,13 +90,14 @@ pub struct StatusEntry {
 /// A connection to the JetStream side of the flow.
 #[derive(Clone)]
 pub struct Queue {
-    client: async_nats::Client,
-    js: jetstream::Context,
+    pub(crate) client: async_nats::Client,
+    pub(crate) js: jetstream::Context,
     status: kv::Store,
-    names: Names,
+    pub(crate) lines: kv::Store,
+    pub(crate) names: Names,
 }
 
-fn broker(e: impl std::fmt::Display) -> QueueError {
+pub(crate) fn broker(e: impl std::fmt::Display) -> QueueError {
     QueueError::Broker(e.to_string())
 }
 
@@ -211,6 +212,7 @@ impl Queue {
         )
         .await?;
         let status = ensure_bucket(&js, &names.status_bucket()).await?;
+        let lines = crate::lines::ensure_bucket(&js, &names.lines_bucket()).await?;
         tracing::info!(
             url = %opts.url,
             work = %names.work_stream(Pool::Fast),
@@ -222,6 +224,7 @@ impl Queue {
             client,
             js,
             status,
+            lines,
             names,
         })
     }
@@ -244,7 +247,7 @@ impl Queue {
 
     /// Status reads and writes fail at once while disconnected, instead of
     /// waiting out a request timeout.
-    fn ensure_connected(&self) -> Result<(), QueueError> {
+    pub(crate) fn ensure_connected(&self) -> Result<(), QueueError> {
         if self.connected() {
             Ok(())
         } else {
