@@ -44,6 +44,8 @@ test: ## fmt check, promtool checks/tests, dashboard checks, clippy -D warnings,
 	echo "NATS_SERVER=$$NATS_SERVER"; \
 	RABBITMQ_SERVER="$$(bash scripts/ensure-rabbitmq.sh)"; export RABBITMQ_SERVER; \
 	echo "RABBITMQ_SERVER=$$RABBITMQ_SERVER"; \
+	CHROMEDRIVER="$$(bash scripts/ensure-chromium.sh)"; export CHROMEDRIVER; \
+	echo "CHROMEDRIVER=$$CHROMEDRIVER"; \
 	step $(CARGO) fmt --all --check $(FMT_CHECK_FLAGS); \
 	step bash scripts/check-prometheus.sh; \
 	step python3 deploy/grafana/generate.py --check; \

@@ -92,6 +92,7 @@
 #   WORKER_SLOW_METRICS_ADDR  slow-pool worker /metrics     (127.0.0.1:9103)
 #   AGGREGATOR_GRPC_ADDR      aggregator gRPC               (127.0.0.1:50053)
 #   AGGREGATOR_METRICS_ADDR   aggregator /metrics           (127.0.0.1:9104)
+#   AGGREGATOR_BOARD_ADDR     the Andon web board           (127.0.0.1:8081)
 #   BIN_DIR                   use the binaries in this directory and skip the build
 #   START_TIMEOUT             seconds to wait for the services to bind (60)
 #   RABBITMQ_START_TIMEOUT    seconds to wait for RabbitMQ to be ready (60)
@@ -379,6 +380,7 @@ WORKER_SLOW_GRPC_ADDR=${WORKER_SLOW_GRPC_ADDR:-127.0.0.1:50054}
 WORKER_SLOW_METRICS_ADDR=${WORKER_SLOW_METRICS_ADDR:-127.0.0.1:9103}
 AGGREGATOR_GRPC_ADDR=${AGGREGATOR_GRPC_ADDR:-127.0.0.1:50053}
 AGGREGATOR_METRICS_ADDR=${AGGREGATOR_METRICS_ADDR:-127.0.0.1:9104}
+AGGREGATOR_BOARD_ADDR=${AGGREGATOR_BOARD_ADDR:-127.0.0.1:8081}
 
 # The binaries. Built before NATS starts so a long compile holds no server.
 if [[ -n ${BIN_DIR:-} ]]; then
@@ -401,7 +403,7 @@ done
 for var in GATEWAY_GRPC_ADDR GATEWAY_HTTP_ADDR GATEWAY_METRICS_ADDR \
     WORKER_FAST_GRPC_ADDR WORKER_FAST_METRICS_ADDR \
     WORKER_SLOW_GRPC_ADDR WORKER_SLOW_METRICS_ADDR \
-    AGGREGATOR_GRPC_ADDR AGGREGATOR_METRICS_ADDR; do
+    AGGREGATOR_GRPC_ADDR AGGREGATOR_METRICS_ADDR AGGREGATOR_BOARD_ADDR; do
     port_free "${!var}" || die "$var=${!var} is in use (or not bindable); set $var to another address, e.g. 127.0.0.1:0"
 done
 
@@ -674,7 +676,7 @@ launch() {
     gateway) start gateway "$GATEWAY_GRPC_ADDR" "$GATEWAY_HTTP_ADDR" "$GATEWAY_METRICS_ADDR" tps-gateway ;;
     worker-fast) start worker-fast "$WORKER_FAST_GRPC_ADDR" - "$WORKER_FAST_METRICS_ADDR" tps-worker --pool fast ;;
     worker-slow) start worker-slow "$WORKER_SLOW_GRPC_ADDR" - "$WORKER_SLOW_METRICS_ADDR" tps-worker --pool slow ;;
-    aggregator) start aggregator "$AGGREGATOR_GRPC_ADDR" - "$AGGREGATOR_METRICS_ADDR" tps-aggregator ;;
+    aggregator) TPS_BOARD_ADDR=$AGGREGATOR_BOARD_ADDR start aggregator "$AGGREGATOR_GRPC_ADDR" - "$AGGREGATOR_METRICS_ADDR" tps-aggregator ;;
     prometheus) start_prometheus ;;
     esac
 }
@@ -895,11 +897,17 @@ PY
   grpcurl -plaintext $gw_grpc list
   grpcurl -plaintext $gw_grpc grpc.health.v1.Health/Check
 EOF
+    agg_board=$(port aggregator board)
     [[ -n $agg_grpc ]] && echo "  grpcurl -plaintext $agg_grpc list"
+    [[ -n $agg_board ]] && echo "  http://$agg_board/      # the Andon board, in a browser"
+    [[ -n $agg_grpc && -x $BIN_DIR/tpsctl ]] && cat <<EOF
+  $BIN_DIR/tpsctl --aggregator http://$agg_grpc andon
+  $BIN_DIR/tpsctl --aggregator http://$agg_grpc kaizen --window 5m
+EOF
     [[ -n $gw_http ]] && cat <<EOF
   curl -s http://$gw_http/health
   curl -s -X POST http://$gw_http/signal -H 'Content-Type: application/json' \\
-       -d '{"signal_type":"execute","payload":{"task":"demo"}}'
+       -d '{"signal_type":"execute","payload":{"duration_ms":200}}'
 EOF
     [[ -x $BIN_DIR/tpsctl ]] && echo "  $BIN_DIR/tpsctl --help"
     [[ -n $PROMETHEUS_BIN ]] && cat <<EOF

@@ -38,6 +38,21 @@ impl LoadReport {
     }
 }
 
+/// A mix of every type and priority, on both pools (20 ms of work each).
+pub fn mixed(i: usize) -> SubmitRequest {
+    let t = [
+        tps_proto::v1::SignalType::Validate,
+        tps_proto::v1::SignalType::Execute,
+        tps_proto::v1::SignalType::Report,
+    ][i % 3];
+    SubmitRequest {
+        r#type: t as i32,
+        priority: 1 + (i % 4) as u32,
+        payload: tps_domain::json::to_struct(&serde_json::json!({"data": [i], "duration_ms": 20})),
+        ..Default::default()
+    }
+}
+
 /// Open-model load: `rate` submits per second for `duration`, each made by
 /// `make(i)`, each with its own 5 s deadline, whether or not earlier ones
 /// have answered. The channel reconnects by itself, so a gateway restarted

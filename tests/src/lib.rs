@@ -453,6 +453,27 @@ pub fn admin<T>(message: T) -> tonic::Request<T> {
     request
 }
 
+/// Runs the built `tpsctl` with `args` and extra environment; panics unless
+/// it succeeds, and returns what it printed.
+pub fn tpsctl(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(bin("tpsctl"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run tpsctl");
+    assert!(
+        out.status.success(),
+        "tpsctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("tpsctl prints UTF-8")
+}
+
+/// `("VAR", "value")` pairs as the environment [`StackOptions`] takes.
+pub fn env(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+}
+
 /// Settings for [`Stack::start_with`].
 #[derive(Default, Clone)]
 pub struct StackOptions {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tps_domain::json::to_struct;
-use tps_e2e::{Stack, StackOptions, admin, eventually, prom, wait_terminal};
+use tps_e2e::{Stack, StackOptions, admin, env, eventually, prom, wait_terminal};
 use tps_proto::v1::admin_service_client::AdminServiceClient;
 use tps_proto::v1::{
     AndonBoard, AndonGetRequest, AndonHistoryRequest, AndonWatchRequest, CircuitRequest, Light,
@@ -21,10 +21,6 @@ use tps_proto::v1::{
 };
 
 type Client = tps_proto::v1::signal_service_client::SignalServiceClient<tonic::transport::Channel>;
-
-fn env(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
-    pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
-}
 
 fn request(t: SignalType, payload: Value) -> SubmitRequest {
     SubmitRequest {
@@ -310,49 +306,35 @@ async fn andon_follows_the_error_rate_through_its_bands() {
     .await;
     let watcher = Watcher::start(&stack).await;
     let mut client = stack.signals().await;
-    let ok = |n: usize| vec![request(SignalType::Validate, json!({"data": [1, 2]})); n];
-    let bad = |n: usize| vec![request(SignalType::Validate, json!({"data": "not numbers"})); n];
-    let done = |ids: Vec<String>, client: &mut Client| {
-        let mut c = client.clone();
-        async move { all_terminal(&mut c, &ids).await }
-    };
-    done(submit_all(&mut client, ok(150)).await, &mut client).await;
-    wait_measured_green(&stack, Principle::Andon).await;
-    // 1 failure in 151: 0.66 % → YELLOW.
-    done(submit_all(&mut client, bad(1)).await, &mut client).await;
-    let y = wait_detail(
-        &stack,
-        Principle::Andon,
-        Y,
-        "(1 of 151 results)",
-        Duration::from_secs(10),
-    )
-    .await;
-    assert_eq!(y.reason, "ERROR_RATE_HIGH");
-    // 3 in 153: 1.96 % → RED.
-    done(submit_all(&mut client, bad(2)).await, &mut client).await;
-    let r = wait_detail(
-        &stack,
-        Principle::Andon,
-        R,
-        "(3 of 153 results)",
-        Duration::from_secs(10),
-    )
-    .await;
-    assert!(r.detail.contains("> 1%"), "{}", r.detail);
-    // 3 in 853: 0.35 %, clear of 0.45 % (0.5 less 10 %) → GREEN. While
-    // the 700 are being counted the rate passes through 0.45–0.9 %, where
-    // the light may show YELLOW for a tick on its way down.
-    done(submit_all(&mut client, ok(700)).await, &mut client).await;
-    let g = wait_detail(
-        &stack,
-        Principle::Andon,
-        G,
-        "(3 of 853 results)",
-        Duration::from_secs(10),
-    )
-    .await;
-    assert_eq!(g.reason, "OK");
+    let ok = json!({"data": [1, 2]});
+    let bad = json!({"data": "not numbers"}); // FAILED by the worker
+    let steps = [
+        (&ok, 150, G, "(0 of 150 results)"),
+        (&bad, 1, Y, "(1 of 151 results)"), // 0.66 %
+        (&bad, 2, R, "(3 of 153 results)"), // 1.96 %
+        // 0.35 %, clear of 0.45 % (0.5 less 10 %). While the 700 are being
+        // counted the rate passes through 0.45–0.9 %, where the light may
+        // show YELLOW for a tick on its way down.
+        (&ok, 700, G, "(3 of 853 results)"),
+    ];
+    for (payload, n, want, detail) in steps {
+        let ids = submit_all(
+            &mut client,
+            vec![request(SignalType::Validate, payload.clone()); n],
+        )
+        .await;
+        all_terminal(&mut client, &ids).await;
+        let l = wait_detail(
+            &stack,
+            Principle::Andon,
+            want,
+            detail,
+            Duration::from_secs(10),
+        )
+        .await;
+        let reason = if want == G { "OK" } else { "ERROR_RATE_HIGH" };
+        assert_eq!(l.reason, reason, "{l:?}");
+    }
     let seen = watcher.colours(Principle::Andon);
     assert!(seen == [G, Y, R, Y, G] || seen == [G, Y, R, G], "{seen:?}");
 }
@@ -368,66 +350,37 @@ async fn kaizen_follows_slo_attainment_with_hysteresis() {
     .await;
     let watcher = Watcher::start(&stack).await;
     let mut client = stack.signals().await;
-    let met = |n: usize| vec![request(SignalType::Execute, json!({"duration_ms": 1})); n];
-    let missed = |n: usize| vec![request(SignalType::Execute, json!({"duration_ms": 2500})); n];
-    async fn settle(client: &mut Client, requests: Vec<SubmitRequest>) {
+    let (met, missed) = (1, 2500);
+    let steps = [
+        (met, 60, G, "(60 of 60)"),
+        (missed, 4, Y, "(60 of 64)"), // 93.75 %
+        (missed, 3, R, "(60 of 67)"), // 89.6 %
+        (met, 70, Y, "(130 of 137)"), // 94.9 %: above 91 %, not above 95.5 %
+        (met, 30, G, "(160 of 167)"), // 95.8 %
+    ];
+    for (ms, n, want, detail) in steps {
         // In small batches, so queueing never makes a quick one late.
+        let requests = vec![request(SignalType::Execute, json!({ "duration_ms": ms })); n];
         for chunk in requests.chunks(8) {
-            let ids = submit_all(client, chunk.to_vec()).await;
-            all_terminal(client, &ids).await;
+            let ids = submit_all(&mut client, chunk.to_vec()).await;
+            all_terminal(&mut client, &ids).await;
         }
+        let l = wait_detail(
+            &stack,
+            Principle::Kaizen,
+            want,
+            detail,
+            Duration::from_secs(10),
+        )
+        .await;
+        let reason = if want == G {
+            "OK"
+        } else {
+            "SLO_ATTAINMENT_LOW"
+        };
+        assert_eq!(l.reason, reason, "{l:?}");
+        assert!(l.detail.contains("on pool slow"), "{}", l.detail);
     }
-    settle(&mut client, met(60)).await;
-    wait_detail(
-        &stack,
-        Principle::Kaizen,
-        G,
-        "(60 of 60)",
-        Duration::from_secs(10),
-    )
-    .await;
-    // 60 of 64: 93.75 % → YELLOW.
-    settle(&mut client, missed(4)).await;
-    let y = wait_detail(
-        &stack,
-        Principle::Kaizen,
-        Y,
-        "(60 of 64)",
-        Duration::from_secs(10),
-    )
-    .await;
-    assert_eq!(y.reason, "SLO_ATTAINMENT_LOW");
-    assert!(y.detail.contains("on pool slow"), "{}", y.detail);
-    // 60 of 67: 89.6 % → RED.
-    settle(&mut client, missed(3)).await;
-    wait_detail(
-        &stack,
-        Principle::Kaizen,
-        R,
-        "(60 of 67)",
-        Duration::from_secs(10),
-    )
-    .await;
-    // 130 of 137: 94.9 %: out of RED (above 91 %) but not clear of YELLOW.
-    settle(&mut client, met(70)).await;
-    wait_detail(
-        &stack,
-        Principle::Kaizen,
-        Y,
-        "(130 of 137)",
-        Duration::from_secs(10),
-    )
-    .await;
-    // 160 of 167: 95.8 %, above 95.5 % → GREEN.
-    settle(&mut client, met(30)).await;
-    wait_detail(
-        &stack,
-        Principle::Kaizen,
-        G,
-        "(160 of 167)",
-        Duration::from_secs(10),
-    )
-    .await;
     assert_eq!(watcher.colours(Principle::Kaizen), [G, Y, R, Y, G]);
 }
 

@@ -445,3 +445,96 @@ async fn board_page_shows_reconnecting_and_recovers_when_the_server_returns() {
     drop(browser);
     server.stop(boards).await;
 }
+
+/// The page served by the real aggregator while the real system goes from
+/// GREEN to RED and back: the gateway's breaker is forced open (Jidoka RED
+/// within a few seconds of a 10 s window), then reset (GREEN once the
+/// window holds no open tick). The page must follow without a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn board_follows_the_real_system_from_green_to_red_and_back() {
+    use tps_e2e::{Stack, StackOptions, admin};
+    use tps_proto::v1::admin_service_client::AdminServiceClient;
+    use tps_proto::v1::{CircuitRequest, circuit_request};
+
+    let stack = Stack::start_with(StackOptions {
+        aggregator_env: vec![("TPS_ANDON_WINDOW", "10s".to_owned())],
+        ..Default::default()
+    })
+    .await;
+    let browser = Browser::start().await;
+    browser.goto(&stack.aggregator.url("board")).await;
+    let live = Duration::from_secs(30);
+    browser
+        .wait_for(
+            "document.querySelector('#light-jidoka').dataset.light === 'GREEN' && \
+             document.querySelector('#light-jidoka .reason').textContent === 'OK' && \
+             document.querySelector('#connection').dataset.state === 'live'",
+            live,
+        )
+        .await;
+    let mark = mark_document(&browser).await;
+    let green_shot = screenshot_path("real-board-green.png");
+    browser.screenshot(&green_shot).await;
+
+    let mut gateway_admin = AdminServiceClient::new(stack.gateway.channel().await);
+    let circuit = |action: circuit_request::Action| {
+        admin(CircuitRequest {
+            action: action as i32,
+            ..Default::default()
+        })
+    };
+    gateway_admin
+        .circuit(circuit(circuit_request::Action::ForceOpen))
+        .await
+        .expect("force open");
+    browser
+        .wait_for(
+            "document.querySelector('#light-jidoka').dataset.light === 'RED' && \
+             document.querySelector('#light-overall').dataset.light === 'RED'",
+            live,
+        )
+        .await;
+    assert_eq!(
+        browser.text("#light-jidoka .reason").await.as_deref(),
+        Some("CIRCUIT_OPEN")
+    );
+    let detail = browser
+        .text("#light-jidoka .detail")
+        .await
+        .unwrap_or_default();
+    assert!(
+        detail.contains("breaker gateway-publish on gateway-1 open") && detail.ends_with("(> 30%)"),
+        "{detail}"
+    );
+    // The transitions list shows the way up, newest first.
+    browser
+        .wait_for(
+            "document.querySelector('#transitions li[data-principle=JIDOKA][data-to=RED]') !== null",
+            live,
+        )
+        .await;
+    let red_shot = screenshot_path("real-board-red.png");
+    browser.screenshot(&red_shot).await;
+
+    gateway_admin
+        .circuit(circuit(circuit_request::Action::Reset))
+        .await
+        .expect("reset");
+    browser
+        .wait_for(
+            "document.querySelector('#light-jidoka').dataset.light === 'GREEN' && \
+             document.querySelector('#light-overall').dataset.light === 'GREEN'",
+            Duration::from_secs(40),
+        )
+        .await;
+    assert_eq!(
+        browser.text("#light-jidoka .reason").await.as_deref(),
+        Some("OK")
+    );
+    assert_not_reloaded(&browser, mark).await;
+    let back_shot = screenshot_path("real-board-green-again.png");
+    browser.screenshot(&back_shot).await;
+    for shot in [&green_shot, &red_shot, &back_shot] {
+        println!("board screenshot: {}", shot.display());
+    }
+}

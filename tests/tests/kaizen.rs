@@ -6,33 +6,15 @@ use std::time::Duration;
 
 use serde_json::json;
 use tps_domain::json::to_struct;
-use tps_e2e::ledger::start_load;
-use tps_e2e::{Stack, StackOptions, eventually, wait_terminal};
+use tps_e2e::ledger::{mixed, start_load};
+use tps_e2e::{Stack, StackOptions, env, eventually, wait_terminal};
 use tps_proto::v1::{KaizenReport, KaizenReportRequest, Pool, SignalType, SubmitRequest};
-
-fn env(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
-    pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
-}
 
 fn execute(ms: u64) -> SubmitRequest {
     SubmitRequest {
         r#type: SignalType::Execute as i32,
         priority: 2,
         payload: to_struct(&json!({ "duration_ms": ms })),
-        ..Default::default()
-    }
-}
-
-fn mixed(i: usize) -> SubmitRequest {
-    let t = [
-        SignalType::Validate,
-        SignalType::Execute,
-        SignalType::Report,
-    ][i % 3];
-    SubmitRequest {
-        r#type: t as i32,
-        priority: 1 + (i % 4) as u32,
-        payload: to_struct(&json!({ "data": [i], "duration_ms": 5 })),
         ..Default::default()
     }
 }
@@ -173,18 +155,11 @@ async fn tpsctl_prints_the_board_and_the_report() {
         .into_inner()
         .id;
     wait_terminal(&mut client, &id).await;
+    let aggregator = stack.aggregator.url("grpc");
     let tpsctl = |args: &[&str]| {
-        let out = std::process::Command::new(tps_e2e::bin("tpsctl"))
-            .args(["--aggregator", &stack.aggregator.url("grpc")])
-            .args(args)
-            .output()
-            .expect("run tpsctl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8")
+        let mut all = vec!["--aggregator", aggregator.as_str()];
+        all.extend_from_slice(args);
+        tps_e2e::tpsctl(&all, &[])
     };
     let board: serde_json::Value =
         serde_json::from_str(&tpsctl(&["andon", "--once", "--json"])).expect("board JSON");

@@ -11,13 +11,9 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::json;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tps_domain::json::to_struct;
-use tps_e2e::ledger::{assert_ledger, settle, start_load};
-use tps_e2e::{Stack, StackOptions, admin, prom};
+use tps_e2e::ledger::{assert_ledger, mixed, settle, start_load};
+use tps_e2e::{Stack, StackOptions, admin, env, prom};
 use tps_proto::v1::{Fault, Pool, SetFaultRequest, SignalType, SubmitRequest};
-
-fn env(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
-    pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
-}
 
 /// Execute work on the fast pool that takes long enough to be caught mid-message.
 fn fast_execute(i: usize) -> SubmitRequest {
@@ -26,21 +22,6 @@ fn fast_execute(i: usize) -> SubmitRequest {
         priority: 1 + (i % 4) as u32,
         pool: Pool::Fast as i32,
         payload: to_struct(&json!({"duration_ms": 300, "i": i})),
-        ..Default::default()
-    }
-}
-
-/// A mix of every type and priority, on both pools.
-fn mixed(i: usize) -> SubmitRequest {
-    let t = [
-        SignalType::Validate,
-        SignalType::Execute,
-        SignalType::Report,
-    ][i % 3];
-    SubmitRequest {
-        r#type: t as i32,
-        priority: 1 + (i % 4) as u32,
-        payload: to_struct(&json!({"data": [i], "duration_ms": 20})),
         ..Default::default()
     }
 }

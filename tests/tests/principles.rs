@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tonic::Code;
 use tonic_types::StatusExt;
 use tps_domain::json::to_struct;
-use tps_e2e::{ServingStatus, Stack, StackOptions, admin, eventually, prom, wait_terminal};
+use tps_e2e::{ServingStatus, Stack, StackOptions, admin, env, eventually, prom, wait_terminal};
 use tps_proto::v1::signal_service_client::SignalServiceClient;
 use tps_proto::v1::{
     CircuitRequest, CircuitState, DrainRequest, Fault, LineState, ListDeadLettersRequest,
@@ -18,10 +18,6 @@ use tps_proto::v1::{
 };
 
 type Client = SignalServiceClient<tonic::transport::Channel>;
-
-fn env(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
-    pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
-}
 
 fn request(t: SignalType, priority: u32, payload: Value) -> SubmitRequest {
     SubmitRequest {

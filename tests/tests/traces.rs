@@ -261,24 +261,20 @@ async fn a_caller_trace_is_joined_over_grpc_metadata_and_by_tpsctl() {
 
     // tpsctl passes TRACEPARENT on.
     let (header, trace_id, parent) = caller_context();
-    let out = std::process::Command::new(tps_e2e::bin("tpsctl"))
-        .args([
+    let gateway = stack.gateway.url("grpc");
+    let out = tps_e2e::tpsctl(
+        &[
             "--gateway",
-            &stack.gateway.url("grpc"),
+            &gateway,
             "submit",
             "-t",
             "validate",
-        ])
-        .args(["--payload", r#"{"data": [2]}"#])
-        .env("TRACEPARENT", &header)
-        .output()
-        .expect("run tpsctl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+            "--payload",
+            r#"{"data": [2]}"#,
+        ],
+        &[("TRACEPARENT", &header)],
     );
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let answer: serde_json::Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(answer["trace_id"], trace_id.as_str(), "{answer}");
     submit_joins(&collector, &trace_id, &parent).await;
 }

@@ -178,47 +178,15 @@ async fn events(
     Sse::new(stream).keep_alive(KeepAlive::new().interval(keep_alive).text("keep-alive"))
 }
 
-/// Parses a window such as `30s`, `5m`, `1h` or `1h30m` (units `s`, `m`,
-/// `h`, `d`; a bare number is seconds). Zero is refused.
+/// Parses a window such as `30s`, `5m`, `1h` (the services' duration
+/// syntax: `tps_runtime::config::parse_duration`). Zero is refused.
 pub fn parse_window(text: &str) -> Result<Duration, String> {
     let bad = |why: &str| format!("bad window {text:?}: {why} (use e.g. 30s, 5m, 1h)");
-    let text_trimmed = text.trim();
-    if text_trimmed.is_empty() {
-        return Err(bad("empty"));
+    match tps_runtime::config::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err(bad("must be above zero")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(bad(&e)),
     }
-    if text_trimmed.bytes().all(|b| b.is_ascii_digit()) {
-        let seconds: u64 = text_trimmed.parse().map_err(|_| bad("too large"))?;
-        return positive(Duration::from_secs(seconds)).ok_or_else(|| bad("must be above zero"));
-    }
-    let mut total: u64 = 0;
-    let mut rest = text_trimmed;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(bad("expected a number"));
-        }
-        let number: u64 = rest[..digits].parse().map_err(|_| bad("too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let scale = match &rest[..unit_len] {
-            "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            "d" => 86_400,
-            "" => return Err(bad("a number needs a unit")),
-            _ => return Err(bad("unknown unit")),
-        };
-        rest = &rest[unit_len..];
-        total = number
-            .checked_mul(scale)
-            .and_then(|s| total.checked_add(s))
-            .ok_or_else(|| bad("too large"))?;
-    }
-    positive(Duration::from_secs(total)).ok_or_else(|| bad("must be above zero"))
-}
-
-fn positive(d: Duration) -> Option<Duration> {
-    (!d.is_zero()).then_some(d)
 }
 
 #[cfg(test)]
@@ -371,7 +339,7 @@ mod tests {
             "/api/kaizen?window=abc",
             "/api/kaizen?window=0s",
             "/api/kaizen?window=5",
-            "/api/kaizen?window=1d",
+            "/api/kaizen?window=7h",
         ] {
             let response = get(app.clone(), uri).await;
             let status = response.status();
@@ -391,7 +359,7 @@ mod tests {
         // The bad windows never reached the report; the refused one did.
         assert_eq!(
             *asked.lock().expect("lock"),
-            [300, 30, 3600, 5, 86_400].map(Duration::from_secs)
+            [300, 30, 3600, 5, 25_200].map(Duration::from_secs)
         );
     }
 
@@ -401,21 +369,8 @@ mod tests {
         assert_eq!(parse_window("30s"), Ok(s(30)));
         assert_eq!(parse_window("5m"), Ok(s(300)));
         assert_eq!(parse_window("1h"), Ok(s(3600)));
-        assert_eq!(parse_window("1h30m"), Ok(s(5400)));
-        assert_eq!(parse_window("2d"), Ok(s(172_800)));
         assert_eq!(parse_window(" 90 "), Ok(s(90)));
-        for bad in [
-            "",
-            "0",
-            "0s",
-            "5x",
-            "m",
-            "5m3",
-            "-5m",
-            "1.5h",
-            "99999999999999999999s",
-            "999999999999999999d",
-        ] {
+        for bad in ["", "0", "0s", "5x", "m", "-5m", "1h30m"] {
             let e = parse_window(bad).expect_err(bad);
             assert!(e.contains("bad window"), "{bad}: {e}");
         }

@@ -170,7 +170,8 @@ pub fn light_view(l: &tps_proto::v1::PrincipleLight) -> Json {
         "principle": andon::principle_name(l.principle()),
         "light": andon::light_name(l.light()),
         "reason": l.reason,
-        "value": l.value,
+        // Nothing measured: no number (the board shows a dash), not 0.
+        "value": if l.reason == "NO_DATA" { Json::Null } else { l.value.into() },
         "unit": l.unit,
         "detail": l.detail,
         "since": timestamp(&l.since),

@@ -53,25 +53,17 @@ pub(crate) async fn ensure_bucket(
     js: &jetstream::Context,
     bucket: &str,
 ) -> Result<kv::Store, QueueError> {
-    if let Ok(store) = js.get_key_value(bucket).await {
-        return Ok(store);
-    }
-    let created = js
-        .create_key_value(kv::Config {
+    crate::nats::ensure_kv(
+        js,
+        kv::Config {
             bucket: bucket.to_owned(),
             history: 1,
             max_age: LINE_MAX_AGE,
             storage: stream::StorageType::Memory,
             ..Default::default()
-        })
-        .await;
-    match created {
-        Ok(store) => Ok(store),
-        Err(create) => js
-            .get_key_value(bucket)
-            .await
-            .map_err(|_| QueueError::Broker(format!("create bucket {bucket}: {create}"))),
-    }
+        },
+    )
+    .await
 }
 
 impl Queue {
@@ -114,18 +106,9 @@ impl Queue {
             storage: stream::StorageType::File,
             ..Default::default()
         };
-        match self.js.get_stream(&config.name).await {
-            Ok(_) => {
-                self.js.update_stream(&config).await.map_err(broker)?;
-            }
-            Err(_) => {
-                if let Err(create) = self.js.create_stream(config.clone()).await {
-                    self.js.get_stream(&config.name).await.map_err(|_| {
-                        QueueError::Broker(format!("create stream {}: {create}", config.name))
-                    })?;
-                }
-            }
-        }
+        crate::nats::ensure_stream(&self.js, config.clone()).await?;
+        // A stream made earlier keeps the limit it was made with: apply ours.
+        self.js.update_stream(&config).await.map_err(broker)?;
         Ok(())
     }
 

@@ -577,7 +577,10 @@ fn classify_publish(message: &str) -> QueueError {
     }
 }
 
-async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), QueueError> {
+pub(crate) async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<(), QueueError> {
     let name = config.name.clone();
     match js.get_or_create_stream(config).await {
         Ok(_) => Ok(()),
@@ -615,24 +618,34 @@ async fn retire_legacy_work_stream(
 }
 
 async fn ensure_bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::Store, QueueError> {
-    if let Ok(store) = js.get_key_value(bucket).await {
-        return Ok(store);
-    }
-    let created = js
-        .create_key_value(kv::Config {
+    ensure_kv(
+        js,
+        kv::Config {
             bucket: bucket.to_owned(),
             history: 1,
             max_age: RETENTION,
             storage: stream::StorageType::File,
             ..Default::default()
-        })
-        .await;
-    match created {
+        },
+    )
+    .await
+}
+
+/// The bucket `config` names: opened if it exists, else created.
+pub(crate) async fn ensure_kv(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, QueueError> {
+    let bucket = config.bucket.clone();
+    if let Ok(store) = js.get_key_value(&bucket).await {
+        return Ok(store);
+    }
+    match js.create_key_value(config).await {
         Ok(store) => Ok(store),
         // Another service may have created it meanwhile; if not, the create
         // error is the one worth reporting.
         Err(create) => js
-            .get_key_value(bucket)
+            .get_key_value(&bucket)
             .await
             .map_err(|_| QueueError::Broker(format!("create bucket {bucket}: {create}"))),
     }
