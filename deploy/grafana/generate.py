@@ -131,6 +131,29 @@ BREAKER_STATES = ((0, "closed", "green"), (1, "open", "red"), (2, "half-open", "
 # Where the Jaeger UI is, for data links that open it in a browser.
 JAEGER_UI = "http://localhost:16686"
 
+# Where a browser reaches the aggregator's Andon board (TPS_BOARD_ADDR:
+# published on :8081 by docker-compose.yml; on Kubernetes
+# `kubectl -n tps port-forward svc/aggregator 8081`).
+BOARD_UI = "http://localhost:8081"
+
+# Two sets of lights, from the same thresholds table:
+# - tps_andon_state, exported by the aggregator: the lights operators act on,
+#   with hysteresis and a reason code and detail per light (the board and
+#   `tpsctl andon` show those; Prometheus sees only the colour);
+# - tps:andon_state, recorded by Prometheus from the raw series: no
+#   hysteresis, no reasons; it may flap where the aggregator's light holds.
+BOARD_LIGHTS_TEXT = (
+    "The aggregator's own lights (tps_andon_state): the thresholds table with "
+    "hysteresis (a light goes up at once and comes down only once its value is "
+    "10 % clear of the threshold) and a reason code and detail for each light, "
+    f"which the Andon board ({BOARD_UI}, the link) and `tpsctl andon` show."
+)
+PROM_LIGHTS_TEXT = (
+    "Prometheus' recomputation (tps:andon_state) from the raw series: the same "
+    "thresholds without hysteresis and without reasons, so it may flap where the "
+    "aggregator's light (tps_andon_state) holds."
+)
+
 NO_EXEMPLARS = (
     " The services' prometheus crate exports no exemplars, so no point here "
     "carries a trace id; the panel's data link opens Jaeger's search instead."
@@ -438,6 +461,36 @@ JAEGER_URL_VAR = {
     "type": "constant",
 }
 
+BOARD_URL_VAR = {
+    "description": "Where a browser reaches the aggregator's Andon board (links open it).",
+    "hide": 2,
+    "label": "Andon board",
+    "name": "board_url",
+    "query": BOARD_UI,
+    "skipUrlSync": False,
+    "type": "constant",
+}
+
+# The board, as a data link (click a light) and as a dashboard link (top bar).
+BOARD_DATA_LINK = {
+    "targetBlank": True,
+    "title": "Andon board: each light's reason, value and detail",
+    "url": "${board_url}",
+}
+BOARD_DASHBOARD_LINK = {
+    "asDropdown": False,
+    "icon": "external link",
+    "includeVars": False,
+    "keepTime": False,
+    "tags": [],
+    "targetBlank": True,
+    "title": "Andon board (aggregator, :8081)",
+    "tooltip": "The aggregator's live board: each light with its reason, value, detail "
+               "and since, and the latest transitions",
+    "type": "link",
+    "url": "${board_url}",
+}
+
 SERVICES = ("tps-gateway", "tps-worker-fast", "tps-worker-slow", "tps-aggregator")
 
 SERVICE_VAR = {
@@ -470,7 +523,7 @@ TRACE_ID_VAR = {
 
 
 def dashboard(uid: str, title: str, description: str, rows: list[list[Panel]],
-              variables=(), time_from="now-1h") -> dict:
+              variables=(), time_from="now-1h", links=()) -> dict:
     panels = []
     y = 0
     next_id = 1
@@ -530,7 +583,8 @@ def dashboard(uid: str, title: str, description: str, rows: list[list[Panel]],
                 "tooltip": "",
                 "type": "dashboards",
                 "url": "",
-            }
+            },
+            *links,
         ],
         "panels": panels,
         "refresh": "10s",
@@ -566,10 +620,68 @@ def light_panel(key: str, title: str, w: int, h: int, size=None) -> Panel:
             f"tps:andon_state{{principle=\"{key}\"}}: 0 GREEN, 1 YELLOW, 2 RED"
             + (f", from {P[key].measure}: {P[key].band()}." if key in P
                else ", the worst of the six lights.")
-            + " Prometheus-side lights: no hysteresis."
+            + " " + PROM_LIGHTS_TEXT
         ),
         mappings=light_mappings(), thresholds=light_thresholds(), background=True,
         graph=False, w=w, h=h, text_size=size,
+    )
+
+
+def all_bands() -> str:
+    return " ".join(f"{p.title}: {p.band()}." for p in PRINCIPLES)
+
+
+def board_lights(title: str, *, overall: bool = True, principles: bool = True,
+                 w: int, h: int, size=None) -> Panel:
+    """The aggregator's lights (tps_andon_state), one value per light, in the
+    board's order (overall first, then PRINCIPLES)."""
+    targets = []
+    if overall:
+        targets.append(prom('tps_andon_state{principle="overall"}', "Overall", instant=True))
+    if principles:
+        targets += [prom(f'tps_andon_state{{principle="{p.key}"}}', p.title, instant=True)
+                    for p in PRINCIPLES]
+    return stat(
+        title, targets,
+        description=(
+            "tps_andon_state: 0 GREEN, 1 YELLOW, 2 RED"
+            + (", overall the worst of the six" if overall else "")
+            + ". " + BOARD_LIGHTS_TEXT + " Thresholds: " + all_bands()
+        ),
+        mappings=light_mappings(), thresholds=light_thresholds(), background=True,
+        graph=False, links=[BOARD_DATA_LINK], w=w, h=h, text_size=size,
+    )
+
+
+def board_history(title: str, *, h: int = 8) -> Panel:
+    return state_timeline(
+        title, [prom("tps_andon_state", "{{principle}}")],
+        description="When each of the aggregator's lights changed colour (tps_andon_state, "
+                    "with hysteresis). " + BOARD_LIGHTS_TEXT,
+        mappings=light_mappings(), thresholds=light_thresholds(), h=h,
+    )
+
+
+LIGHT_CHANGE_COLOURS = [
+    {"matcher": {"id": "byRegexp", "options": f".*→ {name}$"},
+     "properties": [{"id": "color", "value": {"fixedColor": color, "mode": "fixed"}}]}
+    for _, text, color in LIGHTS
+    for name in [text.lower()]
+]
+
+
+def light_changes(title: str, *, w: int, h: int = 8) -> Panel:
+    return timeseries(
+        title,
+        [prom(f"sum by (principle, to) (increase(tps_andon_transitions_total[{RATE}]))",
+              "{{principle}} → {{to}}")],
+        description="Changes of the aggregator's lights per interval, by principle and the "
+                    "colour changed to (tps_andon_transitions_total; bars coloured by that "
+                    "colour). Its hysteresis keeps this low where Prometheus' tps:andon_state "
+                    "flaps (alert TpsAndonFlapping). Each change's reason is in the board's "
+                    "latest transitions and `tpsctl andon --history 20`.",
+        bars=True, stack=True, decimals=0, min_=0, w=w, h=h,
+        overrides=LIGHT_CHANGE_COLOURS,
     )
 
 
@@ -584,7 +696,14 @@ DEEP_DIVE = {
 
 
 def overview() -> dict:
-    lights = [light_panel("overall", "Overall", 6, 4, size=40)] + [
+    board = [
+        board_lights("Overall: the aggregator's light (with hysteresis)", principles=False,
+                     w=6, h=4, size=40),
+        board_lights("The aggregator's lights: hysteresis, reasons on the Andon board (:8081)",
+                     overall=False, w=18, h=4),
+    ]
+    lights = [light_panel("overall", "Overall: Prometheus' recomputation (no hysteresis)",
+                          6, 4, size=40)] + [
         light_panel(p.key, p.title, 3, 4) for p in PRINCIPLES
     ]
     values = [
@@ -638,18 +757,25 @@ def overview() -> dict:
     ]
     history = [
         state_timeline(
-            "Andon lights, history",
+            "Andon lights, history: Prometheus' recomputation (tps:andon_state, no hysteresis)",
             [prom("tps:andon_state", "{{principle}}")],
-            description="Each principle's light over time (tps:andon_state).",
+            description="Each principle's light over time as Prometheus recomputes it "
+                        "(tps:andon_state). " + PROM_LIGHTS_TEXT,
             mappings=light_mappings(), thresholds=light_thresholds(), h=8,
         )
     ]
+    board_history_rows = [
+        [board_history("Andon lights, history: the aggregator's (tps_andon_state, with hysteresis)")],
+        [light_changes("Light changes (the aggregator's lights)", w=24, h=7)],
+    ]
     return dashboard(
         "tps-overview", "TPS System Overview",
-        "All six principles at a glance: the Andon lights, the value behind each, "
-        "throughput and 24-hour trends.",
-        [lights, values, throughput, trends[:3], trends[3:], history],
-        variables=[JAEGER_URL_VAR],
+        "All six principles at a glance: the Andon lights (the aggregator's, with "
+        "hysteresis and reasons on the board at :8081, and Prometheus' recomputation), "
+        "the value behind each, throughput and 24-hour trends.",
+        [board, lights, values, throughput, trends[:3], trends[3:], *board_history_rows,
+         history],
+        variables=[JAEGER_URL_VAR, BOARD_URL_VAR], links=[BOARD_DASHBOARD_LINK],
     )
 
 
@@ -918,20 +1044,37 @@ def kanban() -> dict:
 
 def andon() -> dict:
     state_lights = stat(
-        "Lights",
+        "Lights: Prometheus' recomputation (tps:andon_state, no hysteresis)",
         [prom("tps:andon_state", "{{principle}}", instant=True)],
         description="tps:andon_state per principle and overall: 0 GREEN, 1 YELLOW, 2 RED, "
-                    "from the thresholds table (no hysteresis).",
+                    "from the thresholds table. " + PROM_LIGHTS_TEXT,
         mappings=light_mappings(), thresholds=light_thresholds(), background=True,
         graph=False, w=24, h=4,
     )
     rows = [
+        [board_lights("Lights: the aggregator's (hysteresis; reasons on the Andon board, :8081)",
+                      w=24, h=4)],
         [state_lights],
+        [board_history("Lights, history: the aggregator's (tps_andon_state, with hysteresis)")],
         [
-            state_timeline("Lights, history",
+            state_timeline("Lights, history: Prometheus' recomputation (tps:andon_state, "
+                           "no hysteresis)",
                            [prom("tps:andon_state", "{{principle}}")],
-                           description="When each light changed colour.",
+                           description="When each light changed colour as Prometheus "
+                                       "recomputes it. " + PROM_LIGHTS_TEXT,
                            mappings=light_mappings(), thresholds=light_thresholds(), h=8),
+        ],
+        [
+            light_changes("Light changes (the aggregator's lights)", w=16),
+            table("Light changes, last hour",
+                  [prom("sort_desc(sum by (principle, to) "
+                        "(increase(tps_andon_transitions_total[1h])) > 0)", table=True)],
+                  description="Changes of the aggregator's lights in the last hour, by "
+                              "principle and the colour changed to "
+                              "(tps_andon_transitions_total). Empty: no light changed. The "
+                              "reasons are on the Andon board and in "
+                              "`tpsctl andon --history 20`.",
+                  sort_by="Value", w=8, h=8, links=[BOARD_DATA_LINK]),
         ],
         [
             stat("Error %", [prom(P["andon"].overview, "error %")],
@@ -998,9 +1141,11 @@ def andon() -> dict:
     ]
     return dashboard(
         "tps-andon", "TPS Andon",
-        "Problem visibility: the lights, the errors and refusals behind them, and the "
-        "alerts that fire.",
-        rows, variables=[POOL_VAR, JAEGER_URL_VAR],
+        "Problem visibility: the lights (the aggregator's, with hysteresis and reasons on "
+        "the board at :8081, and Prometheus' recomputation), the errors and refusals behind "
+        "them, and the alerts that fire.",
+        rows, variables=[POOL_VAR, JAEGER_URL_VAR, BOARD_URL_VAR],
+        links=[BOARD_DASHBOARD_LINK],
     )
 
 
