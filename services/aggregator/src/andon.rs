@@ -24,6 +24,8 @@ pub struct Sample {
     pub capacity: [u32; 2],
     /// Per pool: queue depth, if the broker answered.
     pub depth: [Option<u64>; 2],
+    /// Per pool: dead letters held in the DLQ stream, if the broker answered.
+    pub dead_letters: [Option<u64>; 2],
 }
 
 impl Sample {
@@ -186,9 +188,18 @@ fn measure_one(principle: Principle, inputs: &Inputs) -> Measurement {
                 return Measurement::default();
             }
             let errors = inputs.results.errors();
+            let held: u64 = inputs
+                .samples
+                .latest()
+                .map_or(0, |s| s.dead_letters.iter().flatten().sum());
+            let dlq = match held {
+                0 => String::new(),
+                1 => "; 1 dead letter held".to_owned(),
+                n => format!("; {n} dead letters held"),
+            };
             Measurement {
                 value: Some(100.0 * errors as f64 / total as f64),
-                at: format!("({errors} of {total} results)"),
+                at: format!("({errors} of {total} results{dlq})"),
                 forced: None,
             }
         }
@@ -604,7 +615,14 @@ mod tests {
             w.record(&r, &slo, now);
         }
         let results = w.summary(now, WINDOW);
-        let samples = Samples::default();
+        let mut samples = Samples::default();
+        samples.push(
+            Sample {
+                dead_letters: [Some(0), Some(2)],
+                ..Sample::of(now, &[], [Some(0), Some(0)])
+            },
+            WINDOW,
+        );
         let m = measure(&Inputs {
             results: &results,
             samples: &samples,
@@ -622,7 +640,7 @@ mod tests {
         assert_eq!(light_of(&board, Principle::Tracing), Light::Red);
         assert_eq!(
             board.proto().lights[2].detail,
-            "error rate 1% ≥ 0.5% (1 of 100 results) in the last 10s"
+            "error rate 1% ≥ 0.5% (1 of 100 results; 2 dead letters held) in the last 10s"
         );
     }
 

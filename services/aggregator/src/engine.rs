@@ -194,9 +194,13 @@ impl Engine {
         let now = SystemTime::now();
         let broker_up = self.queue.connected();
         let mut depth = [None, None];
+        let mut dead_letters = [None, None];
         if broker_up {
             for (i, pool) in POOLS.iter().enumerate() {
-                depth[i] = self.queue.queue_stats(*pool).await.ok().map(|s| s.depth);
+                if let Ok(s) = self.queue.queue_stats(*pool).await {
+                    depth[i] = Some(s.depth);
+                    dead_letters[i] = Some(s.dead_letters);
+                }
             }
         }
         let window = self.config.andon_window;
@@ -207,9 +211,13 @@ impl Engine {
                 .lines
                 .retain(|_, l| age(l, now) < Duration::from_secs(60));
             let lines = live_lines(&inner.lines, now);
-            inner
-                .samples
-                .push(Sample::of(now, &lines, depth), window.max(FINE_SPAN));
+            inner.samples.push(
+                Sample {
+                    dead_letters,
+                    ..Sample::of(now, &lines, depth)
+                },
+                window.max(FINE_SPAN),
+            );
             let results = inner.windows.summary(now, window);
             let measured = crate::andon::measure(&Inputs {
                 results: &results,

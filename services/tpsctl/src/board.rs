@@ -252,7 +252,7 @@ mod tests {
         };
         let plain = render(&board, false);
         assert!(
-            plain.contains("KANBAN     RED    QUEUE_DEPTH_HIGH"),
+            plain.contains("KANBAN     RED     QUEUE_DEPTH_HIGH"),
             "{plain}"
         );
         assert!(plain.contains("queue depth 1432 > 1000 on pool slow"));
