@@ -191,4 +191,24 @@ async fn tpsctl_prints_the_board_and_the_report() {
     let table = tpsctl(&["kaizen", "--window", "1m"]);
     assert!(table.contains("KAIZEN over 60s"), "{table}");
     assert!(table.contains("Little's law"), "{table}");
+
+    // tpsctl health, the containers' healthcheck: every server SERVING.
+    for (server, service) in [
+        (&stack.gateway, "tps.v1.SignalService"),
+        (&stack.worker_slow, "tps.v1.PoolService"),
+        (&stack.aggregator, "tps.v1.AndonService"),
+    ] {
+        let out = tps_e2e::tpsctl(
+            &[
+                "health",
+                "--addr",
+                &server.url("grpc"),
+                "--service",
+                service,
+            ],
+            &[],
+        );
+        let j: serde_json::Value = serde_json::from_str(&out).expect("health JSON");
+        assert_eq!(j["status"], "SERVING", "{out}");
+    }
 }

@@ -181,6 +181,37 @@ async fn follow(
     ))
 }
 
+/// `tpsctl health`: asks a server's grpc.health.v1 for `service` ("" is the
+/// whole server). Exit 0 when SERVING, 1 otherwise: a container healthcheck.
+pub async fn health(addr: &str, service: &str) -> anyhow::Result<i32> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let channel = Channel::from_shared(addr.to_owned())?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .timeout(std::time::Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach {addr}: {e}"))?;
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .map_err(|s| explain(&s))?
+        .into_inner()
+        .status();
+    println!(
+        "{}",
+        serde_json::json!({"addr": addr, "service": service, "status": status.as_str_name()})
+    );
+    Ok(if status == ServingStatus::Serving {
+        0
+    } else {
+        1
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_traceparent;

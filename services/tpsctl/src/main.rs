@@ -11,6 +11,7 @@
 //! tpsctl chaos suite [--only queue-down] [--rate 20] [--phase 20]              # every scenario under a steady load
 //! tpsctl andon [--once] [--history 20] [--json]       # the Andon board, live (aggregator)
 //! tpsctl kaizen [--window 5m] [--json]                # the Kaizen report (aggregator)
+//! tpsctl health [--addr http://127.0.0.1:50052] [--service tps.v1.PoolService]   # grpc health: exit 0 SERVING
 //! ```
 //!
 //! Output is JSON (one object per line for `watch`; one ledger line per
@@ -88,6 +89,16 @@ enum Command {
     Andon(board::AndonArgs),
     /// The Kaizen report: counts, percentiles, SLOs, burn rates, Little's law.
     Kaizen(board::KaizenArgs),
+    /// A server's grpc health (exit 0 SERVING, 1 otherwise): container
+    /// healthchecks use it.
+    Health {
+        /// The server (default: the gateway, --gateway).
+        #[arg(long)]
+        addr: Option<String>,
+        /// The service to ask about ("" = the whole server).
+        #[arg(long, default_value = "")]
+        service: String,
+    },
     /// Break a `make run-local` stack on purpose (and mend it).
     Chaos {
         /// run-local's run directory.
@@ -113,6 +124,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Dlq { command } => {
             admin::dlq(&cli.gateway, cli.admin_token.as_deref(), command).await
+        }
+        Command::Health { addr, service } => {
+            commands::health(addr.as_deref().unwrap_or(&cli.gateway), &service).await
         }
         Command::Andon(args) => board::andon(&cli.aggregator, args).await,
         Command::Kaizen(args) => board::kaizen(&cli.aggregator, args).await,
