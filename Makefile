@@ -1,6 +1,8 @@
 # TPS: the seed's make targets. `make` (or `make help`) lists them.
 #
-# Real now: build run-local test fmt lint health status metrics clean, chaos and chaos-*.
+# Real now: build run-local test fmt lint health status metrics clean, the
+# compose stack (up down restart logs images), chaos and chaos-* (MODE=local
+# against `make run-local`, MODE=compose against the compose stack).
 # The rest belong to later issues and say so (exit 1) instead of pretending.
 
 SHELL := /bin/bash
@@ -14,8 +16,22 @@ CURL         ?= curl -sS --fail-with-body --max-time 10
 # rustfmt colours its --check diff even into a file; CI logs stay plain.
 FMT_CHECK_FLAGS := $(if $(CI),-- --color never,)
 
+# The compose tool: `docker compose` (v2) where present, else docker-compose.
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+# OFFLINE=1: run the stack on the images `make images` built from Debian
+# packages (their names are in $(IMAGES_ENV)) and only the services that have
+# such an image (Grafana, Jaeger, Loki and promtail have no Debian package).
+OFFLINE       ?=
+IMAGES_ENV    ?= $(or $(TPS_IMAGES_DIR),/var/tmp/tps-images)/local.env
+OFFLINE_SERVICES := nats rabbitmq gateway worker-fast worker-slow aggregator prometheus
+STACK_SERVICES   := $(if $(OFFLINE),$(OFFLINE_SERVICES),)
+# Runs compose with the offline image names loaded when OFFLINE=1.
+DC = $(if $(OFFLINE),set -a && . $(IMAGES_ENV) && set +a && ,)$(COMPOSE)
+# Chaos and observation targets act on run-local (MODE=local, the default) or
+# on the compose stack (MODE=compose).
+MODE ?= local
+
 # Later issues; the targets below name them.
-ISSUE_DEPLOY := 8 (deployment: compose stack, offline images, Kubernetes)
 ISSUE_LOAD   := 9 (load generator and benchmarks)
 NOT_YET = echo "not yet: arrives with issue $(1)" >&2; exit 1
 
@@ -90,20 +106,21 @@ traces: ## Where the traces are (Jaeger in the compose stack)
 
 ##@ Stack (docker compose)
 
-up: ## Start the whole stack (not yet)
-	@$(call NOT_YET,$(ISSUE_DEPLOY))
+up: ## Start the stack in the background (OFFLINE=1: the locally built images, no Grafana/Jaeger/Loki)
+	$(DC) up -d $(STACK_SERVICES)
+	@echo "gateway :50051/:8080, Andon board :8081, Prometheus :9091$(if $(OFFLINE),, Grafana :3000, Jaeger :16686)"
 
-down: ## Stop the stack (not yet)
-	@$(call NOT_YET,$(ISSUE_DEPLOY))
+down: ## Stop the stack and remove its containers (volumes are kept)
+	$(DC) down
 
-restart: ## Restart the stack (not yet)
-	@$(call NOT_YET,$(ISSUE_DEPLOY))
+restart: ## Restart the stack's containers
+	$(DC) restart $(STACK_SERVICES)
 
-logs: ## Tail the stack's logs (not yet)
-	@$(call NOT_YET,$(ISSUE_DEPLOY))
+logs: ## Follow the stack's logs (SERVICE=gateway for one)
+	$(DC) logs -f --tail=100 $(SERVICE)
 
-images: ## Build the container images offline (not yet)
-	@$(call NOT_YET,$(ISSUE_DEPLOY))
+images: ## Build the stack's images without a registry (debootstrap base, Debian packages; deploy/images)
+	bash deploy/images/build.sh
 
 ##@ Load
 
@@ -121,14 +138,48 @@ stress-test: ## Ramp the load until the system refuses work (not yet)
 
 ##@ Chaos
 
-# Against a running `make run-local` (its run dir .run/, by pid and address).
-# Faults need the admin token the services were started with: export
-# TPS_ADMIN_TOKEN before both. The deployment issue adds the compose variants.
+# MODE=local (default): against a running `make run-local` (its run dir .run/,
+# by pid and address). MODE=compose: against the compose stack (containers by
+# service name). Faults need the admin token the services were started with:
+# export TPS_ADMIN_TOKEN before both (compose passes it to the containers).
 TPSCTL  ?= $(if $(wildcard $(TARGET_DIR)/release/tpsctl),$(TARGET_DIR)/release/tpsctl,$(CARGO) run --release -q --bin tpsctl --)
 LATENCY ?= 5000
 POOL    ?= fast
 DOWNSTREAM_POOL ?= slow
+# compose: sets a fault on every replica of pool $(1) from inside its container.
+compose_fault = for id in $$($(DC) ps -q worker-$(1)); do \
+	docker exec "$$id" tpsctl pool --worker http://127.0.0.1:50052 fault $(2) || exit 1; done
 
+ifeq ($(MODE),compose)
+chaos: ## [MODE=compose] Every chaos scenario in turn under a steady load, one ledger line each (MODE=local only)
+	@echo "the chaos suite runs against make run-local (MODE=local); against compose use the chaos-* targets" >&2; exit 1
+
+chaos-crash-worker: ## [MODE=compose] Kill one worker container (POOL=fast|slow), start it again 2 s later; its work is redelivered
+	id=$$($(DC) ps -q worker-$(POOL) | head -n 1); test -n "$$id"; docker kill "$$id"; sleep 2; docker start "$$id"
+
+chaos-queue-down: ## [MODE=compose] Stop the NATS container (until chaos-queue-recover)
+	$(DC) stop nats
+
+chaos-queue-recover: ## [MODE=compose] Start the NATS container again (same volume)
+	$(DC) start nats
+
+chaos-rabbit-down: ## [MODE=compose] Stop the RabbitMQ container (until chaos-rabbit-recover)
+	$(DC) stop rabbitmq
+
+chaos-rabbit-recover: ## [MODE=compose] Start the RabbitMQ container again (same volume)
+	$(DC) start rabbitmq
+
+chaos-downstream: ## [MODE=compose] Latency in every replica of a pool's downstream, e.g. LATENCY=5000 DOWNSTREAM_POOL=slow
+	$(call compose_fault,$(DOWNSTREAM_POOL),--latency-ms $(LATENCY))
+
+chaos-cascade: ## [MODE=compose] Latency in the slow pool while the fast pool must stay healthy (LATENCY=5000)
+	$(call compose_fault,slow,--latency-ms $(LATENCY))
+
+chaos-stop: ## [MODE=compose] Clear every injected fault and start NATS and RabbitMQ again
+	$(call compose_fault,fast,)
+	$(call compose_fault,slow,)
+	$(DC) start nats rabbitmq
+else
 chaos: ## Run every chaos scenario in turn under a steady load; one ledger line each (fails if a signal is lost)
 	$(TPSCTL) chaos suite
 
@@ -155,3 +206,5 @@ chaos-cascade: ## Latency in the slow pool while the fast pool must stay healthy
 
 chaos-stop: ## Clear every injected fault and release NATS and RabbitMQ
 	$(TPSCTL) chaos stop
+
+endif
