@@ -12,10 +12,13 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
+use tps_proto::v1::kaizen_service_client::KaizenServiceClient;
 use tps_proto::v1::signal_service_client::SignalServiceClient;
-use tps_proto::v1::{Pool, SignalState, SignalStatus, SubmitRequest, WorkResult};
+use tps_proto::v1::{
+    KaizenReportRequest, Pool, SignalState, SignalStatus, SubmitRequest, WorkResult,
+};
 
-use crate::{Stack, eventually, prom, wait_terminal};
+use crate::{Stack, eventually, wait_terminal};
 
 /// One submit's fate.
 enum Sent {
@@ -149,15 +152,47 @@ impl Ledger {
 /// for the aggregator to count them, then reads TPS_RESULTS for duplicates.
 /// `recovered_at` is when the fault was undone (recovery time is measured
 /// from it to the last terminal state).
+/// Where a ledger is read: the gateway (statuses), the aggregator (its
+/// Kaizen totals) and NATS (TPS_RESULTS, for duplicates).
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub gateway_grpc: String,
+    pub aggregator_grpc: String,
+    pub nats_url: String,
+    pub results_stream: String,
+}
+
+impl Endpoints {
+    pub fn of(stack: &Stack) -> Self {
+        Self {
+            gateway_grpc: stack.gateway.url("grpc"),
+            aggregator_grpc: stack.aggregator.url("grpc"),
+            nats_url: stack.nats.url.clone(),
+            results_stream: format!("TPS_RESULTS_{}", stack.namespace),
+        }
+    }
+}
+
 pub async fn settle(stack: &Stack, report: &LoadReport, recovered_at: Instant) -> Ledger {
+    settle_at(&Endpoints::of(stack), report, recovered_at).await
+}
+
+/// Waits for every accepted signal's terminal state, then for the
+/// aggregator to have counted each once, then counts duplicated results.
+pub async fn settle_at(at: &Endpoints, report: &LoadReport, recovered_at: Instant) -> Ledger {
+    let channel = Channel::from_shared(at.gateway_grpc.clone())
+        .expect("url")
+        .connect_lazy();
     let finals: Vec<(String, Option<SignalStatus>)> = stream::iter(report.accepted.keys().cloned())
-        .map(|id| async move {
-            let mut client = stack.signals().await;
-            let status =
-                tokio::time::timeout(Duration::from_secs(90), wait_terminal(&mut client, &id))
-                    .await
-                    .ok();
-            (id, status)
+        .map(|id| {
+            let mut client = SignalServiceClient::new(channel.clone());
+            async move {
+                let status =
+                    tokio::time::timeout(Duration::from_secs(90), wait_terminal(&mut client, &id))
+                        .await
+                        .ok();
+                (id, status)
+            }
         })
         .buffer_unordered(32)
         .collect()
@@ -169,17 +204,27 @@ pub async fn settle(stack: &Stack, report: &LoadReport, recovered_at: Instant) -
         .collect();
     let terminal = finals.len();
 
-    // Counted exactly once by the aggregator (its counts dedupe per attempt;
-    // these scenarios make one attempt per signal).
-    let accepted = report.accepted.len() as f64;
-    let url = format!("{}/metrics", stack.aggregator.url("metrics"));
+    // Counted exactly once by the aggregator (it dedupes per attempt; these
+    // scenarios make one attempt per signal): its Kaizen totals over the
+    // last hours reach the accepted count and stay there.
+    let accepted = report.accepted.len() as u64;
+    let kaizen = Channel::from_shared(at.aggregator_grpc.clone())
+        .expect("url")
+        .connect_lazy();
     let counted = eventually(
         Duration::from_secs(30),
         "the aggregator to count every result",
         || {
-            let url = url.clone();
+            let mut client = KaizenServiceClient::new(kaizen.clone());
             async move {
-                let n = prom::sum(&prom::scrape(&url).await, "tps_results_total", &[]);
+                let r = client
+                    .report(KaizenReportRequest {
+                        window: prost_types::Duration::try_from(Duration::from_secs(6 * 3600)).ok(),
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                let n: u64 = r.counts.iter().map(|c| c.count).sum();
                 (n >= accepted).then_some(n)
             }
         },
@@ -190,7 +235,7 @@ pub async fn settle(stack: &Stack, report: &LoadReport, recovered_at: Instant) -
         "the aggregator counted each accepted signal once"
     );
 
-    let duplicated = duplicate_results(stack).await;
+    let duplicated = duplicate_results_at(&at.nats_url, &at.results_stream).await;
     Ledger {
         accepted: report.accepted.len(),
         refused: report.refused_total(),
@@ -204,14 +249,15 @@ pub async fn settle(stack: &Stack, report: &LoadReport, recovered_at: Instant) -
 
 /// Results in TPS_RESULTS beyond one per (signal, attempt).
 pub async fn duplicate_results(stack: &Stack) -> usize {
-    let client = async_nats::connect(stack.nats.url.as_str())
-        .await
-        .expect("nats");
+    let at = Endpoints::of(stack);
+    duplicate_results_at(&at.nats_url, &at.results_stream).await
+}
+
+/// Results in the stream `results_stream` beyond one per (signal, attempt).
+pub async fn duplicate_results_at(nats_url: &str, results_stream: &str) -> usize {
+    let client = async_nats::connect(nats_url).await.expect("nats");
     let js = async_nats::jetstream::new(client);
-    let stream = js
-        .get_stream(format!("TPS_RESULTS_{}", stack.namespace))
-        .await
-        .expect("results stream");
+    let stream = js.get_stream(results_stream).await.expect("results stream");
     let reader = stream
         .create_consumer(async_nats::jetstream::consumer::pull::Config {
             ack_policy: async_nats::jetstream::consumer::AckPolicy::None,

@@ -11,6 +11,7 @@
 //! `NATS_SERVER`, else `nats-server` on PATH (scripts/ensure-nats.sh installs one).
 
 pub mod browser;
+pub mod compose;
 pub mod contract;
 pub mod ledger;
 pub mod otlp;
