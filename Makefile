@@ -53,7 +53,7 @@ run-local: ## Run NATS, RabbitMQ, the four services and Prometheus on this machi
 	bash scripts/run-local.sh
 
 # Each step runs in order; the first failure stops the target.
-test: ## fmt check, promtool checks/tests, dashboard checks, clippy -D warnings, build, then every test (nextest if present)
+test: ## fmt check, promtool checks/tests, dashboard and k8s/compose checks, clippy -D warnings, build, then every test (nextest if present)
 	@set -euo pipefail; \
 	step() { local t0=$$SECONDS; echo "==> $$*"; "$$@"; echo "<== $$* ($$((SECONDS - t0))s)"; }; \
 	NATS_SERVER="$$(bash scripts/ensure-nats.sh)"; export NATS_SERVER; \
@@ -66,6 +66,7 @@ test: ## fmt check, promtool checks/tests, dashboard checks, clippy -D warnings,
 	step bash scripts/check-prometheus.sh; \
 	step python3 deploy/grafana/generate.py --check; \
 	step python3 deploy/grafana/check.py; \
+	step bash scripts/check-k8s.sh; \
 	step $(CARGO) clippy --workspace --all-targets -- -D warnings; \
 	step $(CARGO) build --workspace --bins; \
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
