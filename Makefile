@@ -53,7 +53,7 @@ run-local: ## Run NATS, RabbitMQ, the four services and Prometheus on this machi
 	bash scripts/run-local.sh
 
 # Each step runs in order; the first failure stops the target.
-test: ## fmt check, promtool checks/tests, dashboard and k8s/compose checks, clippy -D warnings, build, then every test (nextest if present)
+test: ## fmt check, promtool/dashboard/k8s/compose checks, clippy -D warnings, build, every test (nextest if present), then the images and the compose chaos test
 	@set -euo pipefail; \
 	step() { local t0=$$SECONDS; echo "==> $$*"; "$$@"; echo "<== $$* ($$((SECONDS - t0))s)"; }; \
 	NATS_SERVER="$$(bash scripts/ensure-nats.sh)"; export NATS_SERVER; \
@@ -74,6 +74,12 @@ test: ## fmt check, promtool checks/tests, dashboard and k8s/compose checks, cli
 	else \
 		echo "(cargo-nextest not installed: using cargo test)"; \
 		step $(CARGO) test --workspace; \
+	fi; \
+	step bash deploy/images/build.sh; \
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		step $(CARGO) nextest run -p tps-e2e --test compose --run-ignored only; \
+	else \
+		step $(CARGO) test -p tps-e2e --test compose -- --ignored; \
 	fi
 
 fmt: ## Format the code (cargo fmt --all)
@@ -108,6 +114,7 @@ traces: ## Where the traces are (Jaeger in the compose stack)
 ##@ Stack (docker compose)
 
 up: ## Start the stack in the background (OFFLINE=1: the locally built images, no Grafana/Jaeger/Loki)
+	$(if $(OFFLINE),bash deploy/images/build.sh >/dev/null,)
 	$(DC) up -d $(STACK_SERVICES)
 	@echo "gateway :50051/:8080, Andon board :8081, Prometheus :9091$(if $(OFFLINE),, Grafana :3000, Jaeger :16686)"
 

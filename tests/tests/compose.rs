@@ -61,7 +61,6 @@ async fn the_compose_stack_scales_and_survives_container_chaos() {
     eventually(Duration::from_secs(90), "every container healthy", || {
         let ids: Vec<String> = OFFLINE_SERVICES
             .iter()
-            .filter(|s| **s != "nats")
             .flat_map(|s| compose.containers(s))
             .collect();
         async move {
