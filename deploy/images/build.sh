@@ -118,8 +118,12 @@ make_rootfs() {
         log "rootfs: $ROOTFS is there ($ROOTFS_KEY), not bootstrapped again"
         return
     fi
-    command -v debootstrap >/dev/null || die "debootstrap is not installed (apt-get install -y debootstrap)"
     [[ $EUID == 0 ]] || die "debootstrap needs root"
+    if ! command -v debootstrap >/dev/null; then
+        log "installing debootstrap (apt-get)"
+        apt-get install -y --no-install-recommends debootstrap >&2 \
+            || die "debootstrap is not installed and apt-get could not install it"
+    fi
     local t=$SECONDS
     rm -f "$CACHE/rootfs.done"
     remove_tree "$ROOTFS"
