@@ -121,7 +121,9 @@ make_rootfs() {
     [[ $EUID == 0 ]] || die "debootstrap needs root"
     if ! command -v debootstrap >/dev/null; then
         log "installing debootstrap (apt-get)"
-        apt-get install -y --no-install-recommends debootstrap >&2 \
+        # shellcheck source=../../scripts/lib/apt-no-start.sh
+        source "$REPO/scripts/lib/apt-no-start.sh"
+        apt_no_start_install make-images --no-install-recommends debootstrap \
             || die "debootstrap is not installed and apt-get could not install it"
     fi
     local t=$SECONDS
