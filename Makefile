@@ -88,10 +88,15 @@ fmt: ## Format the code (cargo fmt --all)
 lint: ## Clippy with warnings as errors
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+ifeq ($(MODE),compose)
+clean: ## [MODE=compose] Stop the stack and remove its containers and volumes (NATS store, RabbitMQ data, Prometheus)
+	$(DC) down -v --remove-orphans
+else
 clean: ## Stop a background run-local, then cargo clean and remove .run/
 	-@[ -f .run/pids ] && bash scripts/run-local.sh stop || true
 	$(CARGO) clean
 	rm -rf .run
+endif
 
 ##@ Observe (the gateway HTTP facade; GATEWAY_HTTP=http://127.0.0.1:8080 by default)
 
