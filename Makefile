@@ -31,10 +31,6 @@ DC = $(if $(OFFLINE),set -a && . $(IMAGES_ENV) && set +a && ,)$(COMPOSE)
 # on the compose stack (MODE=compose).
 MODE ?= local
 
-# Later issues; the targets below name them.
-ISSUE_LOAD   := 9 (load generator and benchmarks)
-NOT_YET = echo "not yet: arrives with issue $(1)" >&2; exit 1
-
 .PHONY: help build run-local test fmt lint health status metrics clean \
 	up down restart logs images load spike stress stress-test dashboard traces \
 	chaos chaos-crash-worker chaos-queue-down chaos-queue-recover chaos-rabbit-down \
@@ -137,17 +133,25 @@ images: ## Build the stack's images without a registry (debootstrap base, Debian
 
 ##@ Load
 
-load: ## Normal load, e.g. make load DURATION=60 RATE=100 (not yet)
-	@$(call NOT_YET,$(ISSUE_LOAD))
+# tpsctl load against the gateway's gRPC port (run-local and compose publish
+# it on 50051); see docs/load.md. LOAD_FLAGS adds flags, e.g. --json, --csv,
+# --concurrency 64, --type validate.
+GATEWAY_GRPC ?= http://127.0.0.1:50051
+RATE         ?= 100
+DURATION     ?= 60
+LOAD_FLAGS   ?=
 
-spike: ## Traffic spike (not yet)
-	@$(call NOT_YET,$(ISSUE_LOAD))
+load: ## Open-model constant load, e.g. make load RATE=100 DURATION=60 (seconds, or 2m)
+	$(TPSCTL) --gateway $(GATEWAY_GRPC) load --rate $(RATE) --duration $(DURATION) $(LOAD_FLAGS)
 
-stress: ## Sustained stress (not yet)
-	@$(call NOT_YET,$(ISSUE_LOAD))
+spike: ## Traffic spike: 1000 rps for 10 s
+	$(TPSCTL) --gateway $(GATEWAY_GRPC) load --shape spike $(LOAD_FLAGS)
 
-stress-test: ## Ramp the load until the system refuses work (not yet)
-	@$(call NOT_YET,$(ISSUE_LOAD))
+stress: ## Sustained stress: 500 rps for 30 s
+	$(TPSCTL) --gateway $(GATEWAY_GRPC) load --shape stress $(LOAD_FLAGS)
+
+stress-test: ## Ramp from 100 rps, +50 every 30 s, until refusals > 1% or accept p99 > 1 s; reports the knee
+	$(TPSCTL) --gateway $(GATEWAY_GRPC) load --shape ramp $(LOAD_FLAGS)
 
 ##@ Chaos
 

@@ -11,18 +11,21 @@
 //! tpsctl chaos suite [--only queue-down] [--rate 20] [--phase 20]              # every scenario under a steady load
 //! tpsctl andon [--once] [--history 20] [--json]       # the Andon board, live (aggregator)
 //! tpsctl kaizen [--window 5m] [--json]                # the Kaizen report (aggregator)
+//! tpsctl load [--rate 100 --duration 60s | --shape spike|stress|ramp] [--concurrency N] [--json|--csv]
 //! tpsctl health [--addr http://127.0.0.1:50052] [--service tps.v1.PoolService]   # grpc health: exit 0 SERVING
 //! ```
 //!
 //! Output is JSON (one object per line for `watch`; one ledger line per
 //! scenario for `chaos suite`). Exit codes: 0 success; 1 the call failed (the
 //! gRPC status is printed to stderr), or `chaos suite` lost an accepted
-//! signal; 3 `--wait` or `watch` ended in a terminal state other than SUCCEEDED.
+//! signal; 3 `--wait` or `watch` ended in a terminal state other than SUCCEEDED,
+//! or `load` left an accepted signal short of a terminal state after `--settle`.
 
 mod admin;
 mod board;
 mod chaos;
 mod commands;
+mod load;
 mod steady;
 
 use clap::{Parser, Subcommand};
@@ -99,6 +102,9 @@ enum Command {
         #[arg(long, default_value = "")]
         service: String,
     },
+    /// Generate load (open model by default) and report latencies,
+    /// throughput and refusals (docs/load.md).
+    Load(load::LoadArgs),
     /// Break a `make run-local` stack on purpose (and mend it).
     Chaos {
         /// run-local's run directory.
@@ -130,6 +136,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Andon(args) => board::andon(&cli.aggregator, args).await,
         Command::Kaizen(args) => board::kaizen(&cli.aggregator, args).await,
+        Command::Load(args) => load::run(&cli.gateway, args).await,
         Command::Chaos { run_dir, command } => {
             chaos::run(run_dir, cli.admin_token.as_deref(), command).await
         }

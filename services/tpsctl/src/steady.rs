@@ -3,9 +3,11 @@
 //! have answered, so a slow or broken system cannot slow the load down), and
 //! the settle step that follows every accepted signal to its terminal state.
 //! The same thing the end-to-end tests do (tests/src/ledger.rs), against a
-//! running stack.
+//! running stack. `tpsctl load` ([`crate::load`]) drives the same open-model
+//! submitter ([`open_model`]) and settles the same way.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::{StreamExt, stream};
@@ -55,9 +57,103 @@ pub fn mixed(i: u64) -> SubmitRequest {
 }
 
 /// One submit's fate.
-enum Sent {
-    Accepted { id: String, pool: Pool },
+pub enum Sent {
+    Accepted {
+        id: String,
+        pool: Pool,
+    },
+    /// Refused, by "gRPC code/ErrorInfo reason" (or what stood in for one).
     Refused(String),
+}
+
+/// Submits one request (waiting at most [`CALL_TIMEOUT`]) and classifies
+/// the answer.
+pub async fn submit(channel: Channel, request: SubmitRequest) -> Sent {
+    let mut client = SignalServiceClient::new(channel);
+    match tokio::time::timeout(CALL_TIMEOUT, client.submit(request)).await {
+        Err(_) => Sent::Refused(format!(
+            "{:?}/no answer within {CALL_TIMEOUT:?}",
+            tonic::Code::DeadlineExceeded
+        )),
+        Ok(Ok(r)) => {
+            let r = r.into_inner();
+            Sent::Accepted {
+                pool: r.pool(),
+                id: r.id,
+            }
+        }
+        Ok(Err(status)) => {
+            let reason = status
+                .get_details_error_info()
+                .map_or_else(|| "no ErrorInfo".to_owned(), |info| info.reason);
+            Sent::Refused(format!("{:?}/{reason}", status.code()))
+        }
+    }
+}
+
+/// One submit of an open-model run: when it was due, how long the gateway
+/// took to answer counted from then, and the answer.
+pub struct Shot {
+    /// When the schedule said it should start (the latency counts from
+    /// then), on the wall clock, to compare with the server's timestamps.
+    pub due_wall: SystemTime,
+    /// Due → answered: includes any time the submitter itself fell behind,
+    /// so a stall cannot hide (no coordinated omission).
+    pub latency: Duration,
+    pub sent: Sent,
+}
+
+/// The open model's schedule: submit `i` is due `i / rate` seconds after `t0`.
+pub fn due_at(t0: Instant, rate: f64, i: u64) -> Instant {
+    t0 + Duration::from_secs_f64(i as f64 / rate)
+}
+
+/// Builds request `i`.
+pub type Make = Arc<dyn Fn(u64) -> SubmitRequest + Send + Sync>;
+
+/// Open model: submit `i` starts at [`due_at`]`(t0, rate, i)` whether or
+/// not earlier ones have answered, on `channels[i % len]`, until `count`
+/// submits have started (None: forever) or `stop` fires; every answer goes
+/// to `shots`. Returns when the last submit has answered.
+pub async fn open_model(
+    channels: Vec<Channel>,
+    t0: Instant,
+    rate: f64,
+    count: Option<u64>,
+    make: Make,
+    mut stop: oneshot::Receiver<()>,
+    shots: mpsc::UnboundedSender<Shot>,
+) {
+    let (now, wall_now) = (Instant::now(), SystemTime::now());
+    let wall0 = if t0 >= now {
+        wall_now + (t0 - now)
+    } else {
+        wall_now - (now - t0)
+    };
+    let mut inflight = tokio::task::JoinSet::new();
+    for i in 0..count.unwrap_or(u64::MAX) {
+        let due = due_at(t0, rate, i);
+        tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            _ = tokio::time::sleep_until(due.into()) => {}
+        }
+        let channel = channels[(i % channels.len() as u64) as usize].clone();
+        let request = make(i);
+        let shots = shots.clone();
+        inflight.spawn(async move {
+            let sent = submit(channel, request).await;
+            let _ = shots.send(Shot {
+                due_wall: wall0 + due.duration_since(t0),
+                latency: due.elapsed(),
+                sent,
+            });
+        });
+        // Reap the finished ones so the set does not grow with the run.
+        while inflight.try_join_next().is_some() {}
+    }
+    // The submits still in flight answer (or time out) within CALL_TIMEOUT.
+    while inflight.join_next().await.is_some() {}
 }
 
 /// What a load run saw.
@@ -84,51 +180,24 @@ pub struct Load {
 /// Starts `rate` submits per second over `channel`, request `i` made by
 /// `make(i)`, until [`Load::stop`].
 pub fn start(channel: Channel, rate: u32, make: fn(u64) -> SubmitRequest) -> Load {
-    let (stop, mut stopped) = oneshot::channel::<()>();
+    let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
-        for i in 0.. {
-            tokio::select! {
-                _ = &mut stopped => break,
-                _ = tick.tick() => {}
-            }
-            let mut client = SignalServiceClient::new(channel.clone());
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let sent = match tokio::time::timeout(CALL_TIMEOUT, client.submit(make(i))).await {
-                    Err(_) => Sent::Refused(format!(
-                        "{:?}/no answer within {CALL_TIMEOUT:?}",
-                        tonic::Code::DeadlineExceeded
-                    )),
-                    Ok(Ok(r)) => {
-                        let r = r.into_inner();
-                        Sent::Accepted {
-                            pool: r.pool(),
-                            id: r.id,
-                        }
-                    }
-                    Ok(Err(status)) => {
-                        let reason = status
-                            .get_details_error_info()
-                            .map_or_else(|| "no ErrorInfo".to_owned(), |info| info.reason);
-                        Sent::Refused(format!("{:?}/{reason}", status.code()))
-                    }
-                };
-                let _ = tx.send(sent);
-            });
-        }
-        // The submits still in flight answer (or time out) within CALL_TIMEOUT.
-        drop(tx);
+        let rate = f64::from(rate.max(1));
+        let make: Make = Arc::new(make);
+        let run = open_model(vec![channel], Instant::now(), rate, None, make, stopped, tx);
         let mut report = LoadReport::default();
-        while let Some(sent) = rx.recv().await {
-            match sent {
-                Sent::Accepted { id, pool } => {
-                    report.accepted.insert(id, pool);
+        let collect = async {
+            while let Some(shot) = rx.recv().await {
+                match shot.sent {
+                    Sent::Accepted { id, pool } => {
+                        report.accepted.insert(id, pool);
+                    }
+                    Sent::Refused(kind) => *report.refused.entry(kind).or_default() += 1,
                 }
-                Sent::Refused(kind) => *report.refused.entry(kind).or_default() += 1,
             }
-        }
+        };
+        tokio::join!(run, collect);
         report
     });
     Load { stop, task }

@@ -1,0 +1,39 @@
+//! `tpsctl load` against the real binaries: an open-model constant load,
+//! every accepted signal followed to its terminal state, the JSON summary.
+
+use tps_e2e::Stack;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tpsctl_load_reports_a_constant_open_model_run() {
+    let stack = Stack::start().await;
+    let gateway = stack.gateway.url("grpc");
+    // tpsctl blocks (a child process); keep the runtime free for the stack.
+    let out = tokio::task::spawn_blocking(move || {
+        let args = [
+            "--gateway",
+            &gateway,
+            "load",
+            "--rate",
+            "50",
+            "--duration",
+            "3s",
+            "--json",
+        ];
+        tps_e2e::tpsctl(&args, &[])
+    })
+    .await
+    .expect("tpsctl ran");
+    eprintln!("{out}");
+    let summary: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    let accepted = summary["accepted"].as_u64().expect("accepted");
+    assert!(accepted.abs_diff(150) <= 1, "accepted {accepted}");
+    assert_eq!(summary["refused"], 0, "{summary}");
+    assert_eq!(summary["not_terminal"], 0, "{summary}");
+    assert_eq!(summary["all_terminal"], true, "{summary}");
+    assert_eq!(summary["model"], "open");
+    for k in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(summary["accept_ms"][k].is_number(), "accept {k}: {summary}");
+        assert!(summary["e2e_ms"][k].is_number(), "e2e {k}: {summary}");
+    }
+    assert!(summary["throughput_per_s"].as_f64().expect("throughput") > 40.0);
+}
