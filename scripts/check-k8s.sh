@@ -46,13 +46,8 @@ CACHE_DIR=${TPS_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/tps}
 VENV=$CACHE_DIR/k8s-venv
 PY=$VENV/bin/python
 
-failures=()
-step() { printf '\n==> %s\n' "$*"; }
-ok() { printf '    ok: %s\n' "$*"; }
-fail() {
-    printf '    FAILED: %s\n' "$*"
-    failures+=("$*")
-}
+# shellcheck source-path=SCRIPTDIR source=lib/check.sh
+source scripts/lib/check.sh
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/check-k8s.XXXXXX") || exit 1
 trap 'rm -rf -- "$tmp"' EXIT

@@ -31,13 +31,8 @@ PROM_DIR=deploy/prometheus
 ALERTS=$PROM_DIR/rules/alerts.yml
 RUNBOOK=docs/runbook.md
 
-failures=()
-step() { printf '\n==> %s\n' "$*"; }
-ok() { printf '    ok: %s\n' "$*"; }
-fail() {
-    printf '    FAILED: %s\n' "$*"
-    failures+=("$*")
-}
+# shellcheck source-path=SCRIPTDIR source=lib/check.sh
+source scripts/lib/check.sh
 # run DESCRIPTION CMD...: runs CMD, prints its output indented.
 run() {
     local what=$1 out rc=0
