@@ -37,7 +37,7 @@ BROWSER=${CHROMIUM:-/usr/bin/chromium}
 # The first line a tool prints for --version ("ChromeDriver 120.0.6099.224
 # (...)", "Chromium 120.0.6099.224 built on Debian ..."); empty on failure.
 version_line() {
-    "$1" --version 2>/dev/null | head -n 1 || true
+    "$1" --version 2>/dev/null | sed -n 1p || true
 }
 
 # The major version in a --version line ("120"), or empty.

@@ -49,7 +49,7 @@ usable() {
 # (branch: ..., revision: ...)"); the tools print it on stdout or stderr
 # depending on the version, so both are read.
 version_line() {
-    "$1" --version 2>&1 | head -n 1
+    "$1" --version 2>&1 | sed -n 1p
 }
 
 found() {
