@@ -215,7 +215,7 @@ if ((${#compose[@]} > 0)); then
     if out=$("${clean_env[@]}" "${compose[@]}" --env-file "$tmp/empty.env" -f docker-compose.yml config -q 2>&1); then
         fail "docker-compose.yml accepted no RABBITMQ_PASSWORD: a default password would be committed"
     elif grep -q 'RABBITMQ_PASSWORD\|GRAFANA_ADMIN_PASSWORD' <<<"$out"; then
-        ok "refused without passwords: $(grep -o 'set [A-Z_]*PASSWORD ([^)]*)' <<<"$out" | head -n 1)"
+        ok "refused without passwords: $(grep -o 'set [A-Z_]*PASSWORD ([^)]*)' <<<"$out" | sed -n 1p)"
     else
         printf '%s\n' "$out" | sed 's/^/    /'
         fail "docker-compose.yml failed without passwords, but not for want of one"

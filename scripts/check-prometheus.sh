@@ -56,7 +56,7 @@ if [[ ! -x $PROMTOOL ]]; then
     echo "check-prometheus: $PROMTOOL is not executable" >&2
     exit 1
 fi
-echo "promtool: $PROMTOOL ($("$PROMTOOL" --version 2>&1 | head -n 1))"
+echo "promtool: $PROMTOOL ($("$PROMTOOL" --version 2>&1 | sed -n 1p))"
 
 # ---- 1. configs ---------------------------------------------------------------
 step "1. promtool check config"

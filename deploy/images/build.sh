@@ -354,7 +354,7 @@ check_built() {
             "$NATS") out=$(docker run --rm --network none "$NATS" --version) ;;
             "$RABBITMQ") out=$(docker run --rm --network none --entrypoint dpkg-query "$RABBITMQ" \
                 -W -f '${Package} ${Version}\n' rabbitmq-server erlang-base | paste -sd ' ') ;;
-            "$PROMETHEUS") out=$(docker run --rm --network none "$PROMETHEUS" --version 2>&1 | head -1) ;;
+            "$PROMETHEUS") out=$(docker run --rm --network none "$PROMETHEUS" --version 2>&1 | sed -n 1p) ;;
             *) continue ;;
         esac || die "$tag: does not run"
         log "$tag: $out"
