@@ -191,12 +191,22 @@ pub fn table(r: &KaizenReport) -> String {
         "SLO", "target", "objective", "attainment", "burn 5m", "burn 1h", "burn 6h"
     ));
     for s in &r.slos {
+        // No results of the pool in the window: no attainment to show.
+        let judged = r
+            .pools
+            .iter()
+            .any(|p| p.pool() == s.pool() && p.completed > 0);
+        let attainment = if judged {
+            format!("{:.2}%", 100.0 * s.attainment)
+        } else {
+            "-".to_owned()
+        };
         out.push_str(&format!(
-            "{:<5} {:>7.2}% {:>8}ms {:>10.2}% {:>8.2} {:>8.2} {:>8.2}\n",
+            "{:<5} {:>7.2}% {:>8}ms {:>11} {:>8.2} {:>8.2} {:>8.2}\n",
             names::pool(s.pool()),
             100.0 * s.target,
             s.objective_ms,
-            100.0 * s.attainment,
+            attainment,
             s.burn_rate_5m,
             s.burn_rate_1h,
             s.burn_rate_6h
