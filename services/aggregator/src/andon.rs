@@ -587,11 +587,7 @@ mod tests {
 
     #[test]
     fn results_drive_andon_kaizen_and_tracing() {
-        let slo = SloConfig {
-            fast: Duration::from_secs(1),
-            slow: Duration::from_secs(10),
-            target: 0.99,
-        };
+        let slo = SloConfig::default();
         let now = t0();
         let mut w = Windows::default();
         let at = |t: SystemTime| Some(prost_types::Timestamp::from(t));

@@ -258,12 +258,7 @@ mod tests {
 
     #[test]
     fn slo_counts_successes_within_the_objective() {
-        let m = Metrics::new(SloConfig {
-            fast: std::time::Duration::from_secs(1),
-            slow: std::time::Duration::from_secs(10),
-            target: 0.99,
-        })
-        .unwrap();
+        let m = Metrics::new(SloConfig::default()).unwrap();
         let at = |secs: i64| {
             Some(prost_types::Timestamp {
                 seconds: 1_000 + secs,

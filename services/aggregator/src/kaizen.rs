@@ -178,14 +178,6 @@ mod tests {
     use crate::window::Windows;
     use tps_proto::v1::{Pool, SignalState, SignalType, WorkResult};
 
-    fn slo() -> SloConfig {
-        SloConfig {
-            fast: Duration::from_secs(1),
-            slow: Duration::from_secs(10),
-            target: 0.99,
-        }
-    }
-
     /// `n` slow results in the minute before `now`, each 200 ms of work.
     fn load(n: u32, now: SystemTime) -> Windows {
         let mut w = Windows::default();
@@ -202,7 +194,7 @@ mod tests {
                 finished_at: at(end),
                 ..Default::default()
             };
-            w.record(&r, &slo(), now);
+            w.record(&r, &SloConfig::default(), now);
         }
         w
     }
@@ -259,7 +251,7 @@ mod tests {
             window,
             results: &s,
             burn: [&s, &s, &s],
-            slo: &slo(),
+            slo: &SloConfig::default(),
             capacity: Default::default(),
             now,
         });

@@ -295,14 +295,6 @@ pub fn mean_seconds(h: &Option<Histogram<u64>>) -> Option<f64> {
 mod tests {
     use super::*;
 
-    fn slo() -> SloConfig {
-        SloConfig {
-            fast: Duration::from_secs(1),
-            slow: Duration::from_secs(10),
-            target: 0.99,
-        }
-    }
-
     fn at(t: SystemTime) -> Option<prost_types::Timestamp> {
         Some(t.into())
     }
@@ -331,13 +323,13 @@ mod tests {
             let end = now - Duration::from_secs(i);
             w.record(
                 &result(Pool::Slow, SignalState::Succeeded, end, ms(100 + i)),
-                &slo(),
+                &SloConfig::default(),
                 now,
             );
         }
         w.record(
             &result(Pool::Slow, SignalState::Failed, now, ms(5)),
-            &slo(),
+            &SloConfig::default(),
             now,
         );
         w.record(
@@ -347,7 +339,7 @@ mod tests {
                 now,
                 Duration::from_secs(11),
             ),
-            &slo(),
+            &SloConfig::default(),
             now,
         );
         w.expire(now);
@@ -376,7 +368,7 @@ mod tests {
         let lead = Duration::from_millis(10);
         w.record(
             &result(Pool::Fast, SignalState::Succeeded, start, lead),
-            &slo(),
+            &SloConfig::default(),
             start,
         );
         let later = start + Duration::from_secs(600);
@@ -393,7 +385,7 @@ mod tests {
                 start + Duration::from_secs(1),
                 lead,
             ),
-            &slo(),
+            &SloConfig::default(),
             later,
         );
         assert_eq!(w.coarse.len(), 1);
@@ -411,7 +403,7 @@ mod tests {
             let end = now - Duration::from_secs(s);
             w.record(
                 &result(Pool::Fast, SignalState::Succeeded, end, lead),
-                &slo(),
+                &SloConfig::default(),
                 now,
             );
         }

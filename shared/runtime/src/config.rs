@@ -419,10 +419,22 @@ pub struct SloConfig {
     pub target: f64,
 }
 
+/// The documented defaults: 1 s (fast), 10 s (slow), 0.99.
+impl Default for SloConfig {
+    fn default() -> Self {
+        Self {
+            fast: Duration::from_secs(1),
+            slow: Duration::from_secs(10),
+            target: 0.99,
+        }
+    }
+}
+
 impl SloConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let objective = |var: &str, default: u64| -> Result<Duration, ConfigError> {
-            let d = env.duration(var, Duration::from_secs(default))?;
+        let defaults = Self::default();
+        let objective = |var: &str, default: Duration| -> Result<Duration, ConfigError> {
+            let d = env.duration(var, default)?;
             if d.is_zero() || d > Duration::from_secs(3600) {
                 return Err(Env::error(
                     var,
@@ -432,7 +444,7 @@ impl SloConfig {
             }
             Ok(d)
         };
-        let target: f64 = env.parse("TPS_SLO_TARGET", 0.99)?;
+        let target: f64 = env.parse("TPS_SLO_TARGET", defaults.target)?;
         if !(target > 0.0 && target < 1.0) {
             return Err(Env::error(
                 "TPS_SLO_TARGET",
@@ -441,8 +453,8 @@ impl SloConfig {
             ));
         }
         Ok(Self {
-            fast: objective("TPS_SLO_FAST", 1)?,
-            slow: objective("TPS_SLO_SLOW", 10)?,
+            fast: objective("TPS_SLO_FAST", defaults.fast)?,
+            slow: objective("TPS_SLO_SLOW", defaults.slow)?,
             target,
         })
     }
