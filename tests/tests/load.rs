@@ -37,3 +37,57 @@ async fn tpsctl_load_reports_a_constant_open_model_run() {
     }
     assert!(summary["throughput_per_s"].as_f64().expect("throughput") > 40.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tpsctl_load_over_the_http_facade_with_a_payload_mix_settles_every_signal() {
+    let stack = Stack::start().await;
+    let http = stack.gateway.url("http");
+    let out = tokio::task::spawn_blocking(move || {
+        let args = [
+            "load",
+            "--http",
+            &http,
+            "--concurrency",
+            "8",
+            "--duration",
+            "3s",
+            "--work-ms",
+            "0",
+            "--payload-bytes",
+            "0,1024,16384",
+            "--json",
+        ];
+        tps_e2e::tpsctl(&args, &[])
+    })
+    .await
+    .expect("tpsctl ran");
+    eprintln!("{out}");
+    let summary: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    assert_eq!(summary["protocol"], "http", "{summary}");
+    assert_eq!(summary["model"], "closed", "{summary}");
+    assert_eq!(
+        summary["payload_bytes"],
+        serde_json::json!([0, 1024, 16384]),
+        "{summary}"
+    );
+    // Every submit was a valid request the facade accepted (a body it could
+    // not read would be refused as HTTP 400/INVALID_ARGUMENT) ...
+    assert_eq!(summary["refused"], 0, "{summary}");
+    let accepted = summary["accepted"].as_u64().expect("accepted");
+    assert!(accepted >= 30, "accepted {accepted}");
+    // ... and was followed to its terminal state over GET /signal/{id}/status.
+    assert_eq!(summary["all_terminal"], true, "{summary}");
+    assert_eq!(summary["succeeded"], accepted, "{summary}");
+    assert!(summary["e2e_ms"]["p99"].is_number(), "{summary}");
+    let completed = summary["completed_per_s"]
+        .as_f64()
+        .expect("completed_per_s");
+    assert!(completed > 0.0, "{summary}");
+    let first = summary["first_submit_at"]
+        .as_f64()
+        .expect("first_submit_at");
+    let last = summary["last_terminal_at"]
+        .as_f64()
+        .expect("last_terminal_at");
+    assert!(last > first, "{summary}");
+}

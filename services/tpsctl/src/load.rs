@@ -13,20 +13,20 @@
 //! See docs/load.md.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::Channel;
 use tps_domain::json::to_struct;
 use tps_domain::names;
-use tps_proto::v1::{SignalState, SignalType, SubmitRequest};
+use tps_proto::v1::{SignalType, SubmitRequest};
 
-use crate::steady::{self, Make, Sent, Shot};
+use crate::steady::{self, Make, Sent, Shot, SubmitFn};
+use crate::target::Target;
 
 /// Exit code when an accepted signal was not terminal within `--settle`.
 const NOT_SETTLED: i32 = 3;
@@ -62,9 +62,24 @@ pub struct LoadArgs {
     /// the steady mix (every type, both pools, priorities 1..4).
     #[arg(long = "type", value_parser = parse_type)]
     signal_type: Option<SignalType>,
-    /// Connections (tonic channels) used round-robin.
+    /// Connections (tonic channels) used round-robin (gRPC only; over HTTP
+    /// the client keeps one keep-alive connection per request in flight).
     #[arg(long, default_value_t = 4)]
     connections: u32,
+    /// Submit over the gateway's HTTP/JSON facade at this base URL (e.g.
+    /// http://127.0.0.1:8080) instead of gRPC at --gateway; settling reads
+    /// GET /signal/{id}/status.
+    #[arg(long, value_name = "URL")]
+    http: Option<String>,
+    /// Simulated work of every signal, in ms (sets the payload's
+    /// `duration_ms`; only EXECUTE signals do simulated work). Default: the
+    /// mix's own (or 20 ms with --type).
+    #[arg(long, value_name = "MS")]
+    work_ms: Option<u32>,
+    /// Payload sizes: each signal's payload gets a `pad` string of this many
+    /// bytes, cycling through the list (e.g. 0,1024,16384).
+    #[arg(long, value_name = "BYTES,...", value_delimiter = ',')]
+    payload_bytes: Vec<usize>,
     /// How long to wait after the load for every accepted signal to be terminal.
     #[arg(long, default_value = "60s", value_parser = tps_runtime::config::parse_duration)]
     settle: Duration,
@@ -109,6 +124,40 @@ fn pinned(signal_type: SignalType, i: u64) -> SubmitRequest {
     }
 }
 
+/// `make` with every signal's `duration_ms` set to `work_ms` (when given)
+/// and a `pad` string cycling through `pads` bytes (when any).
+fn shaped(make: Make, work_ms: Option<u32>, pads: Vec<usize>) -> Make {
+    if work_ms.is_none() && pads.is_empty() {
+        return make;
+    }
+    Arc::new(move |i| {
+        let mut req = make(i);
+        let payload = req.payload.get_or_insert_with(Default::default);
+        if let Some(ms) = work_ms {
+            payload
+                .fields
+                .insert("duration_ms".into(), number(f64::from(ms)));
+        }
+        if !pads.is_empty() {
+            let n = pads[(i % pads.len() as u64) as usize];
+            payload.fields.insert("pad".into(), text("x".repeat(n)));
+        }
+        req
+    })
+}
+
+fn number(x: f64) -> prost_types::Value {
+    prost_types::Value {
+        kind: Some(prost_types::value::Kind::NumberValue(x)),
+    }
+}
+
+fn text(s: String) -> prost_types::Value {
+    prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue(s)),
+    }
+}
+
 /// One step of the run (the whole run for every shape but ramp).
 struct Step {
     /// Offered rate (open model).
@@ -123,6 +172,10 @@ struct Step {
     e2e: Histogram<u64>,
     succeeded: u64,
     terminal: u64,
+    /// The earliest scheduled start and the latest terminal time: the span
+    /// over which `terminal` signals were completed.
+    first_due: Option<SystemTime>,
+    last_done: Option<SystemTime>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -145,6 +198,8 @@ impl Step {
             e2e: histogram(),
             succeeded: 0,
             terminal: 0,
+            first_due: None,
+            last_done: None,
         }
     }
 
@@ -153,6 +208,10 @@ impl Step {
         match shot.sent {
             Sent::Accepted { id, .. } => {
                 self.accept.saturating_record(micros(shot.latency));
+                self.first_due = Some(
+                    self.first_due
+                        .map_or(shot.due_wall, |t| t.min(shot.due_wall)),
+                );
                 self.accepted.push((id, shot.due_wall));
             }
             Sent::Refused(reason) => *self.refused.entry(reason).or_default() += 1,
@@ -175,6 +234,15 @@ impl Step {
         self.accepted.len() as f64 / self.duration.as_secs_f64().max(1e-9)
     }
 
+    /// Terminal signals per second, from the first accepted submit's
+    /// scheduled start to the last terminal time: what the whole flow
+    /// (gateway, queue, workers, results) completed, not just what it
+    /// accepted.
+    fn completed_per_s(&self) -> Option<f64> {
+        let span = self.last_done?.duration_since(self.first_due?).ok()?;
+        (self.terminal > 0).then(|| self.terminal as f64 / span.as_secs_f64().max(1e-9))
+    }
+
     /// Accept p99 at most `max_p99` and refusals at most `max_refusal_rate`.
     fn passes(&self, max_refusal_rate: f64, max_p99: Duration) -> bool {
         self.refusal_rate() <= max_refusal_rate
@@ -192,102 +260,70 @@ fn knee(verdicts: &[(f64, bool)]) -> Option<f64> {
         .map(|(rate, _)| *rate)
 }
 
-/// Progress counters shared with the stderr progress line.
-#[derive(Default)]
-struct Progress {
-    sent: AtomicU64,
-    accepted: AtomicU64,
-    refused: AtomicU64,
+/// The progress bar on stderr (indicatif draws it only on a terminal):
+/// elapsed time, submits sent, accepted and refused.
+fn progress_bar(planned: Option<u64>) -> ProgressBar {
+    let bar = match planned {
+        Some(n) => ProgressBar::new(n).with_style(
+            ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {pos}/{len} sent  {msg}")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        ),
+        None => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{elapsed:>4} {spinner} {pos} sent  {msg}")
+                .expect("a valid template"),
+        ),
+    };
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
 }
 
-/// A `\r` progress line on stderr every half second, only when stderr is a
-/// terminal; stops when the returned sender is dropped or fires.
-fn progress_line(progress: Arc<Progress>) -> Option<oneshot::Sender<()>> {
-    if !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let (tx, mut rx) = oneshot::channel::<()>();
-    let t0 = Instant::now();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tokio::select! {
-                _ = &mut rx => break,
-                _ = tick.tick() => {}
-            }
-            eprint!(
-                "\r{:>6.1}s  sent {}  accepted {}  refused {}   ",
-                t0.elapsed().as_secs_f64(),
-                progress.sent.load(Ordering::Relaxed),
-                progress.accepted.load(Ordering::Relaxed),
-                progress.refused.load(Ordering::Relaxed),
-            );
-        }
-        eprintln!();
-    });
-    Some(tx)
-}
-
-/// Collects shots into `step`, counting them for the progress line.
-async fn collect(mut rx: mpsc::UnboundedReceiver<Shot>, step: &mut Step, progress: &Progress) {
+/// Collects shots into `step`, counting them on the progress bar.
+async fn collect(mut rx: mpsc::UnboundedReceiver<Shot>, step: &mut Step, bar: &ProgressBar) {
+    let (mut accepted, mut refused) = (0u64, 0u64);
     while let Some(shot) = rx.recv().await {
-        progress.sent.fetch_add(1, Ordering::Relaxed);
-        let counter = match shot.sent {
-            Sent::Accepted { .. } => &progress.accepted,
-            Sent::Refused(_) => &progress.refused,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        match shot.sent {
+            Sent::Accepted { .. } => accepted += 1,
+            Sent::Refused(_) => refused += 1,
+        }
         step.record(shot);
+        bar.inc(1);
+        if (accepted + refused) % 256 == 0 {
+            bar.set_message(format!("accepted {accepted}  refused {refused}"));
+        }
     }
 }
 
 /// One open-model step: `rate`/s for `duration` (exactly rate × duration submits).
-async fn open_step(
-    channels: &[Channel],
-    rate: f64,
-    duration: Duration,
-    make: &Make,
-    progress: &Progress,
-) -> Step {
+async fn open_step(send: &SubmitFn, rate: f64, duration: Duration, bar: &ProgressBar) -> Step {
     let mut step = Step::new(Some(rate), duration);
     let count = (rate * duration.as_secs_f64()).round() as u64;
     let (tx, rx) = mpsc::unbounded_channel();
     let (_stop, stopped) = oneshot::channel();
-    let run = steady::open_model(
-        channels.to_vec(),
-        Instant::now(),
-        rate,
-        Some(count),
-        make.clone(),
-        stopped,
-        tx,
-    );
-    tokio::join!(run, collect(rx, &mut step, progress));
+    let run = steady::open_model(send.clone(), Instant::now(), rate, Some(count), stopped, tx);
+    tokio::join!(run, collect(rx, &mut step, bar));
     step
 }
 
 /// Closed model: `concurrency` loops, each submitting as soon as its
 /// previous submit answered, for `duration`.
 async fn closed_step(
-    channels: &[Channel],
+    send: &SubmitFn,
     concurrency: u32,
     duration: Duration,
-    make: &Make,
-    progress: &Progress,
+    bar: &ProgressBar,
 ) -> Step {
     let t0 = Instant::now();
     let end = t0 + duration;
     let next = Arc::new(AtomicU64::new(0));
     let (tx, rx) = mpsc::unbounded_channel();
     for _ in 0..concurrency {
-        let (channels, make, next, tx) =
-            (channels.to_vec(), make.clone(), next.clone(), tx.clone());
+        let (send, next, tx) = (send.clone(), next.clone(), tx.clone());
         tokio::spawn(async move {
             while Instant::now() < end {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let (due, due_wall) = (Instant::now(), SystemTime::now());
-                let channel = channels[(i % channels.len() as u64) as usize].clone();
-                let sent = steady::submit(channel, make(i)).await;
+                let sent = send(i).await;
                 let shot = Shot {
                     due_wall,
                     latency: due.elapsed(),
@@ -301,30 +337,31 @@ async fn closed_step(
     }
     drop(tx);
     let mut step = Step::new(None, duration);
-    collect(rx, &mut step, progress).await;
+    collect(rx, &mut step, bar).await;
     step.duration = t0.elapsed();
     step
 }
 
 /// Follows every accepted signal of every step to its terminal state and
 /// fills in the end-to-end histograms.
-async fn settle(channel: &Channel, steps: &mut [Step], timeout: Duration) {
+async fn settle(target: &Target, steps: &mut [Step], timeout: Duration) {
     let ids = steps
         .iter()
         .flat_map(|s| s.accepted.iter().map(|(id, _)| id.clone()));
-    let finals = steady::settle(channel, ids, timeout).await;
+    let finals = target.settle(ids, timeout).await;
     for step in steps {
         for (id, due_wall) in &step.accepted {
-            let Some(status) = finals.get(id) else {
+            let Some(f) = finals.get(id) else {
                 continue;
             };
             step.terminal += 1;
-            if status.state() == SignalState::Succeeded {
+            if f.succeeded {
                 step.succeeded += 1;
             }
-            if let Some(done) = steady::terminal_at(status) {
+            if let Some(done) = f.done {
                 let e2e = done.duration_since(*due_wall).unwrap_or_default();
                 step.e2e.saturating_record(micros(e2e));
+                step.last_done = Some(step.last_done.map_or(done, |t| t.max(done)));
             }
         }
     }
@@ -336,7 +373,10 @@ struct Run {
     model: &'static str,
     concurrency: Option<u32>,
     connections: u32,
+    protocol: &'static str,
     mix: String,
+    work_ms: Option<u32>,
+    payload_bytes: Vec<usize>,
     settle: Duration,
     steps: Vec<Step>,
     /// Ramp only: (rate, passed) per step, and the limits.
@@ -354,9 +394,10 @@ pub async fn run(gateway: &str, args: LoadArgs) -> anyhow::Result<i32> {
         !(args.shape == Shape::Ramp && args.concurrency.is_some()),
         "--shape ramp is open-model only (drop --concurrency)"
     );
-    let channels = (0..args.connections)
-        .map(|_| steady::channel(gateway))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let target = match &args.http {
+        Some(base) => Target::http(base)?,
+        None => Target::grpc(gateway, args.connections)?,
+    };
     let (make, mix): (Make, String) = match args.signal_type {
         None => (Arc::new(steady::mixed), "mix".into()),
         Some(t) => (
@@ -364,20 +405,22 @@ pub async fn run(gateway: &str, args: LoadArgs) -> anyhow::Result<i32> {
             names::signal_type(t).into(),
         ),
     };
-    let progress = Arc::new(Progress::default());
-    let line = progress_line(progress.clone());
+    let send = target.submitter(shaped(make, args.work_ms, args.payload_bytes.clone()));
     let (rate, duration) = match args.shape {
         Shape::Constant | Shape::Ramp => (args.rate, args.duration),
         Shape::Spike => (1000.0, Duration::from_secs(10)),
         Shape::Stress => (500.0, Duration::from_secs(30)),
     };
+    let planned = (args.concurrency.is_none() && args.shape != Shape::Ramp)
+        .then(|| (rate * duration.as_secs_f64()).round() as u64);
+    let bar = progress_bar(planned);
     let mut steps = Vec::new();
     if let Some(n) = args.concurrency {
-        steps.push(closed_step(&channels, n, duration, &make, &progress).await);
+        steps.push(closed_step(&send, n, duration, &bar).await);
     } else if args.shape == Shape::Ramp {
         let mut rate = args.start_rate;
         while rate <= args.max_rate {
-            let step = open_step(&channels, rate, args.step_duration, &make, &progress).await;
+            let step = open_step(&send, rate, args.step_duration, &bar).await;
             let passed = step.passes(args.max_refusal_rate, args.max_p99);
             steps.push(step);
             if !passed {
@@ -386,13 +429,10 @@ pub async fn run(gateway: &str, args: LoadArgs) -> anyhow::Result<i32> {
             rate += args.step_rate;
         }
     } else {
-        steps.push(open_step(&channels, rate, duration, &make, &progress).await);
+        steps.push(open_step(&send, rate, duration, &bar).await);
     }
-    if let Some(line) = line {
-        let _ = line.send(());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    settle(&channels[0], &mut steps, args.settle).await;
+    bar.finish_and_clear();
+    settle(&target, &mut steps, args.settle).await;
     let run = Run {
         shape: args.shape,
         model: if args.concurrency.is_some() {
@@ -402,7 +442,10 @@ pub async fn run(gateway: &str, args: LoadArgs) -> anyhow::Result<i32> {
         },
         concurrency: args.concurrency,
         connections: args.connections,
+        protocol: target.protocol(),
         mix,
+        work_ms: args.work_ms,
+        payload_bytes: args.payload_bytes,
         settle: args.settle,
         steps,
         ramp: (args.shape == Shape::Ramp).then_some((args.max_refusal_rate, args.max_p99)),
@@ -420,6 +463,13 @@ pub async fn run(gateway: &str, args: LoadArgs) -> anyhow::Result<i32> {
         .map(|s| s.accepted.len() as u64 - s.terminal)
         .sum();
     Ok(if unsettled > 0 { NOT_SETTLED } else { 0 })
+}
+
+/// Seconds since the Unix epoch.
+fn epoch(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 fn ms(us: u64) -> f64 {
@@ -445,7 +495,7 @@ fn quantiles_json(h: &Histogram<u64>) -> serde_json::Value {
 }
 
 const CSV_HEADER: &str = "step,model,rate,concurrency,duration_s,sent,accepted,refused,refusal_rate,\
-throughput_per_s,accept_p50_ms,accept_p90_ms,accept_p99_ms,accept_p999_ms,accept_max_ms,\
+throughput_per_s,completed_per_s,accept_p50_ms,accept_p90_ms,accept_p99_ms,accept_p999_ms,accept_max_ms,\
 e2e_p50_ms,e2e_p90_ms,e2e_p99_ms,e2e_p999_ms,e2e_max_ms,terminal,not_terminal,succeeded,passed";
 
 impl Run {
@@ -476,6 +526,8 @@ impl Run {
             total.sent += s.sent;
             total.terminal += s.terminal;
             total.succeeded += s.succeeded;
+            total.first_due = [total.first_due, s.first_due].into_iter().flatten().min();
+            total.last_done = [total.last_done, s.last_done].into_iter().flatten().max();
             total.accepted.extend(s.accepted.iter().cloned());
             for (k, v) in &s.refused {
                 *total.refused.entry(k.clone()).or_default() += v;
@@ -496,6 +548,9 @@ impl Run {
             "refused_by_reason": s.refused,
             "refusal_rate": s.refusal_rate(),
             "throughput_per_s": s.throughput(),
+            "completed_per_s": s.completed_per_s(),
+            "first_submit_at": s.first_due.map(epoch),
+            "last_terminal_at": s.last_done.map(epoch),
             "accept_ms": quantiles_json(&s.accept),
             "e2e_ms": quantiles_json(&s.e2e),
             "terminal": s.terminal,
@@ -515,7 +570,10 @@ impl Run {
         o.insert("model".into(), self.model.into());
         o.insert("concurrency".into(), self.concurrency.into());
         o.insert("connections".into(), self.connections.into());
+        o.insert("protocol".into(), self.protocol.into());
         o.insert("mix".into(), self.mix.clone().into());
+        o.insert("work_ms".into(), self.work_ms.into());
+        o.insert("payload_bytes".into(), self.payload_bytes.clone().into());
         o.insert("settle_s".into(), self.settle.as_secs_f64().into());
         o.insert(
             "all_terminal".into(),
@@ -556,6 +614,8 @@ impl Run {
             s.refused_total().to_string(),
             format!("{:.4}", s.refusal_rate()),
             format!("{:.1}", s.throughput()),
+            s.completed_per_s()
+                .map_or_else(String::new, |c| format!("{c:.1}")),
             q(&s.accept),
             q(&s.e2e),
             s.terminal.to_string(),
@@ -594,12 +654,22 @@ impl Run {
             (None, None) => "stepped".into(),
         };
         let mut out = format!(
-            "tpsctl load: {} model, {} shape, {offered}, {:.1} s, {} connection(s), {}\n",
+            "tpsctl load: {} model, {} shape, {offered}, {:.1} s, {}, {}{}{}\n",
             self.model,
             format!("{:?}", self.shape).to_lowercase(),
             total.duration.as_secs_f64(),
-            self.connections,
+            match self.protocol {
+                "grpc" => format!("gRPC over {} connection(s)", self.connections),
+                _ => "HTTP facade".to_owned(),
+            },
             self.mix,
+            self.work_ms
+                .map_or_else(String::new, |ms| format!(", work {ms} ms")),
+            if self.payload_bytes.is_empty() {
+                String::new()
+            } else {
+                format!(", pad {:?} bytes", self.payload_bytes)
+            },
         );
         out += &format!(
             "  sent {}  accepted {} ({:.1}/s)  refused {} ({:.2}%)\n",
@@ -609,6 +679,9 @@ impl Run {
             total.refused_total(),
             total.refusal_rate() * 100.0
         );
+        if let Some(c) = total.completed_per_s() {
+            out += &format!("  completed {c:.1}/s (first submit to last terminal)\n");
+        }
         out += &format!("  accept latency  {}\n", lat(&total.accept));
         out += &format!("  end-to-end      {}\n", lat(&total.e2e));
         out += &format!(
@@ -688,9 +761,9 @@ mod tests {
         let channel = steady::channel("http://127.0.0.1:9").unwrap();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (_stop, stopped) = oneshot::channel();
-        let make: Make = Arc::new(steady::mixed);
+        let send = steady::grpc_submitter(vec![channel], Arc::new(steady::mixed));
         let started = Instant::now();
-        steady::open_model(vec![channel], started, 100.0, Some(10), make, stopped, tx).await;
+        steady::open_model(send, started, 100.0, Some(10), stopped, tx).await;
         assert!(started.elapsed() >= Duration::from_millis(90));
         let mut dues = Vec::new();
         while let Ok(s) = rx.try_recv() {
@@ -706,6 +779,22 @@ mod tests {
                 "{gap:?}"
             );
         }
+    }
+
+    #[test]
+    fn shaping_sets_the_work_and_cycles_the_payload_sizes() {
+        let make = shaped(Arc::new(steady::mixed), Some(0), vec![0, 1024, 16384]);
+        for (i, want) in [(0, 0), (1, 1024), (2, 16384), (3, 0)] {
+            let fields = make(i).payload.unwrap().fields;
+            assert_eq!(fields["duration_ms"], number(0.0), "{i}");
+            assert_eq!(fields["pad"], text("x".repeat(want)), "{i}");
+            assert!(fields.contains_key("data"), "the mix's own fields stay");
+        }
+        // Nothing asked: the requests are the mix's own.
+        assert_eq!(
+            shaped(Arc::new(steady::mixed), None, vec![])(5),
+            steady::mixed(5)
+        );
     }
 
     #[test]
@@ -744,7 +833,10 @@ mod tests {
             model: "open",
             concurrency: None,
             connections: 4,
+            protocol: "grpc",
             mix: "mix".into(),
+            work_ms: None,
+            payload_bytes: Vec::new(),
             settle: Duration::from_secs(60),
             steps,
             ramp: ramp.then_some((0.01, Duration::from_secs(1))),

@@ -27,6 +27,7 @@ mod chaos;
 mod commands;
 mod load;
 mod steady;
+mod target;
 
 use clap::{Parser, Subcommand};
 

@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::{StreamExt, stream};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, stream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -111,16 +112,26 @@ pub fn due_at(t0: Instant, rate: f64, i: u64) -> Instant {
 /// Builds request `i`.
 pub type Make = Arc<dyn Fn(u64) -> SubmitRequest + Send + Sync>;
 
+/// Sends submit `i` and classifies the answer (over gRPC or the HTTP facade).
+pub type SubmitFn = Arc<dyn Fn(u64) -> BoxFuture<'static, Sent> + Send + Sync>;
+
+/// Submit `i` = `make(i)` over gRPC, on `channels[i % len]`.
+pub fn grpc_submitter(channels: Vec<Channel>, make: Make) -> SubmitFn {
+    Arc::new(move |i| {
+        let channel = channels[(i % channels.len() as u64) as usize].clone();
+        submit(channel, make(i)).boxed()
+    })
+}
+
 /// Open model: submit `i` starts at [`due_at`]`(t0, rate, i)` whether or
-/// not earlier ones have answered, on `channels[i % len]`, until `count`
-/// submits have started (None: forever) or `stop` fires; every answer goes
-/// to `shots`. Returns when the last submit has answered.
+/// not earlier ones have answered, until `count` submits have started
+/// (None: forever) or `stop` fires; every answer goes to `shots`. Returns
+/// when the last submit has answered.
 pub async fn open_model(
-    channels: Vec<Channel>,
+    send: SubmitFn,
     t0: Instant,
     rate: f64,
     count: Option<u64>,
-    make: Make,
     mut stop: oneshot::Receiver<()>,
     shots: mpsc::UnboundedSender<Shot>,
 ) {
@@ -138,11 +149,10 @@ pub async fn open_model(
             _ = &mut stop => break,
             _ = tokio::time::sleep_until(due.into()) => {}
         }
-        let channel = channels[(i % channels.len() as u64) as usize].clone();
-        let request = make(i);
+        let sending = send(i);
         let shots = shots.clone();
         inflight.spawn(async move {
-            let sent = submit(channel, request).await;
+            let sent = sending.await;
             let _ = shots.send(Shot {
                 due_wall: wall0 + due.duration_since(t0),
                 latency: due.elapsed(),
@@ -184,8 +194,8 @@ pub fn start(channel: Channel, rate: u32, make: fn(u64) -> SubmitRequest) -> Loa
     let task = tokio::spawn(async move {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let rate = f64::from(rate.max(1));
-        let make: Make = Arc::new(make);
-        let run = open_model(vec![channel], Instant::now(), rate, None, make, stopped, tx);
+        let send = grpc_submitter(vec![channel], Arc::new(make));
+        let run = open_model(send, Instant::now(), rate, None, stopped, tx);
         let mut report = LoadReport::default();
         let collect = async {
             while let Some(shot) = rx.recv().await {
