@@ -33,6 +33,10 @@ use tonic_health::pb::health_client::HealthClient;
 /// How long start-up of any one process may take.
 pub const START_DEADLINE: Duration = Duration::from_secs(30);
 
+/// The services' log filter in tests: info, plus the per-signal lines
+/// (debug by default: a signal queued, refused, processed).
+pub const PER_SIGNAL_LOG: &str = "info,tps_gateway::core=debug,tps_worker::process=debug";
+
 /// The directory holding the TPS binaries.
 pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("TPS_BIN_DIR") {
@@ -296,7 +300,7 @@ impl Service {
             .env("TPS_BOARD_ADDR", addr("board"))
             .env("TPS_PORTS_FILE", &ports_file)
             .env("TPS_LOG_FORMAT", "json")
-            .env("TPS_LOG", "info")
+            .env("TPS_LOG", PER_SIGNAL_LOG)
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log file"))
             .stderr(out);

@@ -105,6 +105,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     ));
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {
+        use axum::serve::ListenerExt;
+        // Small JSON answers go out at once (no Nagle delay).
+        let http_listener = http_listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        });
         axum::serve(http_listener, http::router(core))
             .with_graceful_shutdown(http_shutdown.cancelled_owned())
             .await

@@ -72,10 +72,13 @@ pub struct Published {
 /// queue is a refusal, not a defect, so it does not count against the
 /// breaker.
 pub fn nats_publisher(queue: Queue, breaker: Breaker) -> NatsPublisher {
+    let queue = std::sync::Arc::new(queue);
     BoxCloneSyncService::new(
         ServiceBuilder::new()
             .layer(BreakerLayer::new(breaker).with_classifier(classify))
             .service_fn(move |(item, trace): PublishRequest| {
+                // An Arc: cloning the Queue itself copies its names and
+                // bucket handles, a dozen allocations per publish.
                 let queue = queue.clone();
                 async move { queue.publish_work(&item, &trace).await }
             }),

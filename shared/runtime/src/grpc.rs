@@ -56,11 +56,19 @@ pub async fn serve(
     routes: Routes,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
+    use tokio_stream::StreamExt;
+    // TCP_NODELAY on every accepted connection, here: tonic's own
+    // `tcp_nodelay` applies only to listeners it binds itself, not to
+    // `serve_with_incoming`. Without it Nagle holds small responses back.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(conn)
+    });
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_nodelay(true)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
 }

@@ -70,7 +70,15 @@ pub fn init(service: &str, config: &CommonConfig) -> Result<TelemetryGuard, Tele
     }
     let provider = builder.build();
     global::set_tracer_provider(provider.clone());
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service.to_owned()));
+    // No per-span busy/idle clocks (two clock reads on every poll of an
+    // instrumented future), thread or source-location attributes: they are
+    // most of the layer's cost per span and no dashboard or query uses them
+    // (perf at saturation, docs/benchmarks.md).
+    let otel = tracing_opentelemetry::layer()
+        .with_tracked_inactivity(false)
+        .with_threads(false)
+        .with_location(false)
+        .with_tracer(provider.tracer(service.to_owned()));
 
     let filter = EnvFilter::try_new(&config.log_filter).map_err(|e| TelemetryError::Filter {
         filter: config.log_filter.clone(),
