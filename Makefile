@@ -32,7 +32,7 @@ DC = $(if $(OFFLINE),set -a && . $(IMAGES_ENV) && set +a && ,)$(COMPOSE)
 MODE ?= local
 
 .PHONY: help build run-local test fmt lint health status metrics clean \
-	up down restart logs images load spike stress stress-test dashboard traces \
+	up down restart logs images load spike stress stress-test bench dashboard traces \
 	chaos chaos-crash-worker chaos-queue-down chaos-queue-recover chaos-rabbit-down \
 	chaos-rabbit-recover chaos-downstream chaos-cascade chaos-stop
 
@@ -152,6 +152,9 @@ stress: ## Sustained stress: 500 rps for 30 s
 
 stress-test: ## Ramp from 100 rps, +50 every 30 s, until refusals > 1% or accept p99 > 1 s; reports the knee
 	$(TPSCTL) --gateway $(GATEWAY_GRPC) load --shape ramp $(LOAD_FLAGS)
+
+bench: ## The benchmark: raw JetStream and bare tonic baselines, then the real system, one run (scripts/bench.sh; report in .bench/<time>/report.md)
+	bash scripts/bench.sh
 
 ##@ Chaos
 
