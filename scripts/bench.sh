@@ -29,7 +29,9 @@
 #   BENCH_DRAIN        backlog size            (100000)
 #   BENCH_STEP         sweep step duration     (10s)
 #   BENCH_WORKERS      TPS_NUM_WORKERS of the real workers and the bare
-#                      server's capacity (128)
+#                      server's capacity (512: Little's law, ~5,000/s x
+#                      ~30 ms in a worker under load needs ~150 handlers
+#                      busy, and one replica at 128 refused 21% measured)
 #   BENCH_ONLY         run only these phases (space-separated: raw bare real
 #                      open http payload sweep drain scale)
 #   NATS_SERVER        the nats-server binary (else ensure-nats.sh finds one)
@@ -46,7 +48,7 @@ CONCURRENCY=${BENCH_CONCURRENCY:-64}
 SIZE=${BENCH_SIZE:-300}
 DRAIN=${BENCH_DRAIN:-100000}
 STEP=${BENCH_STEP:-10s}
-WORKERS=${BENCH_WORKERS:-128}
+WORKERS=${BENCH_WORKERS:-512}
 ONLY=${BENCH_ONLY:-raw bare real open http payload sweep drain scale}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release
@@ -222,10 +224,18 @@ cpu_ticks() { local s; s=$(cat "/proc/$1/stat"); s=${s##*) }; set -- $s; echo $(
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 seconds() { python3 -c 'import re,sys; m=re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)?",sys.argv[1]); v=float(m[1]); print({"ms":v/1000,"m":v*60}.get(m[2],v))' "$1"; }
 
+# The NATS server's message counters: "in_msgs out_msgs" (its /varz).
+varz() {
+    curl -fsS "http://127.0.0.1:$NATS_MON/varz" |
+        python3 -c 'import json,sys; v=json.load(sys.stdin); print(v["in_msgs"], v["out_msgs"])'
+}
+
 # measure RESOURCES OUTPUT WINDOW CMD...: runs CMD (stdout to OUTPUT) while
 # sampling every service's RSS every 0.5 s (the peak over the whole run) and
 # its CPU over the first WINDOW seconds (the load, not the settling after
-# it); writes RESOURCES as JSON: {"window_s", "services": {name: {peak_rss_kib, cpu_s, cpu_pct}}}.
+# it), and the NATS server's messages in and out over the same window;
+# writes RESOURCES as JSON: {"window_s", "nats_msgs": {"in", "out"},
+# "services": {name: {peak_rss_kib, cpu_s, cpu_pct}}}.
 measure() {
     local resources=$1 output=$2 window=$3
     shift 3
@@ -237,6 +247,8 @@ measure() {
         name=${entry%%:*}; pid=${entry#*:}
         t0[$name]=$(cpu_ticks "$pid"); peak[$name]=0
     done
+    local v0 v1
+    v0=$(varz)
     "$@" > "$output" &
     local cmd=$! began=$EPOCHREALTIME windowed=0
     while kill -0 "$cmd" 2>/dev/null; do
@@ -250,6 +262,7 @@ measure() {
                 name=${entry%%:*}; pid=${entry#*:}
                 t1[$name]=$(cpu_ticks "$pid")
             done
+            v1=$(varz)
             windowed=1
         fi
         sleep 0.5
@@ -258,9 +271,11 @@ measure() {
     wait "$cmd" || rc=$?
     if [[ $windowed == 0 ]]; then
         for entry in "${all[@]}"; do name=${entry%%:*}; t1[$name]=$(cpu_ticks "${entry#*:}"); done
+        v1=$(varz)
     fi
     {
-        printf '{"window_s": %s, "services": {' "$window"
+        printf '{"window_s": %s, "nats_msgs": {"in": %s, "out": %s}, "services": {' "$window" \
+            $(( ${v1% *} - ${v0% *} )) $(( ${v1#* } - ${v0#* } ))
         local sep=""
         for entry in "${all[@]}"; do
             name=${entry%%:*}

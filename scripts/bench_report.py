@@ -163,6 +163,11 @@ def resources(title, res, run):
     done = (run or {}).get("completed_per_s") or 0
     w(f"CPU over the {res['window_s']} s of load (100% = one core); "
       "RSS = peak VmRSS over the run, settling included. µs/signal = CPU time ÷ signals completed in the window.\n")
+    msgs = res.get("nats_msgs")
+    if msgs and done:
+        n = done * res["window_s"]
+        w(f"NATS server messages per signal in that window: {msgs['in'] / n:.1f} in, {msgs['out'] / n:.1f} out "
+          "(publishes, acks, pull requests, KV operations and their replies, deliveries).\n")
     w("| process | peak RSS MiB | CPU % | CPU µs/signal |")
     w("|---|---:|---:|---:|")
     for name, v in res["services"].items():

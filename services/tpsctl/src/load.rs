@@ -170,6 +170,8 @@ struct Step {
     /// Microseconds.
     accept: Histogram<u64>,
     e2e: Histogram<u64>,
+    /// The generator's lateness (scheduled → sent), part of `accept`.
+    lag: Histogram<u64>,
     succeeded: u64,
     terminal: u64,
     /// The earliest scheduled start and the latest terminal time: the span
@@ -196,6 +198,7 @@ impl Step {
             accepted: Vec::new(),
             accept: histogram(),
             e2e: histogram(),
+            lag: histogram(),
             succeeded: 0,
             terminal: 0,
             first_due: None,
@@ -205,6 +208,7 @@ impl Step {
 
     fn record(&mut self, shot: Shot) {
         self.sent += 1;
+        self.lag.saturating_record(micros(shot.lag));
         match shot.sent {
             Sent::Accepted { id, .. } => {
                 self.accept.saturating_record(micros(shot.latency));
@@ -327,6 +331,7 @@ async fn closed_step(
                 let shot = Shot {
                     due_wall,
                     latency: due.elapsed(),
+                    lag: Duration::ZERO,
                     sent,
                 };
                 if tx.send(shot).is_err() {
@@ -534,6 +539,7 @@ impl Run {
             }
             total.accept.add(&s.accept).expect("same histogram bounds");
             total.e2e.add(&s.e2e).expect("same histogram bounds");
+            total.lag.add(&s.lag).expect("same histogram bounds");
         }
         total
     }
@@ -553,6 +559,7 @@ impl Run {
             "last_terminal_at": s.last_done.map(epoch),
             "accept_ms": quantiles_json(&s.accept),
             "e2e_ms": quantiles_json(&s.e2e),
+            "send_lag_ms": quantiles_json(&s.lag),
             "terminal": s.terminal,
             "not_terminal": s.accepted.len() as u64 - s.terminal,
             "succeeded": s.succeeded,
@@ -684,6 +691,9 @@ impl Run {
         }
         out += &format!("  accept latency  {}\n", lat(&total.accept));
         out += &format!("  end-to-end      {}\n", lat(&total.e2e));
+        if self.model == "open" {
+            out += &format!("  generator lag   {}\n", lat(&total.lag));
+        }
         out += &format!(
             "  terminal {} of {} accepted (succeeded {}) within {:?}\n",
             total.terminal,

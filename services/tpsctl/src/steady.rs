@@ -101,6 +101,9 @@ pub struct Shot {
     /// Due → answered: includes any time the submitter itself fell behind,
     /// so a stall cannot hide (no coordinated omission).
     pub latency: Duration,
+    /// Due → actually sent: the generator's own lateness (its timer wakes
+    /// on whole milliseconds; a busy machine adds more), part of `latency`.
+    pub lag: Duration,
     pub sent: Sent,
 }
 
@@ -149,6 +152,7 @@ pub async fn open_model(
             _ = &mut stop => break,
             _ = tokio::time::sleep_until(due.into()) => {}
         }
+        let lag = due.elapsed();
         let sending = send(i);
         let shots = shots.clone();
         inflight.spawn(async move {
@@ -156,6 +160,7 @@ pub async fn open_model(
             let _ = shots.send(Shot {
                 due_wall: wall0 + due.duration_since(t0),
                 latency: due.elapsed(),
+                lag,
                 sent,
             });
         });
