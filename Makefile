@@ -1,8 +1,9 @@
 # TPS: the seed's make targets. `make` (or `make help`) lists them.
 #
 # Real now: build run-local test fmt lint health status metrics clean, the
-# compose stack (up down restart logs images), chaos and chaos-* (MODE=local
-# against `make run-local`, MODE=compose against the compose stack).
+# compose stack (up down restart logs images), load spike stress stress-test
+# bench, chaos and chaos-* (MODE=local against `make run-local`,
+# MODE=compose against the compose stack).
 # The rest belong to later issues and say so (exit 1) instead of pretending.
 
 SHELL := /bin/bash

@@ -1,4 +1,5 @@
-//! `tpsctl load`: a load generator against the gateway's gRPC API.
+//! `tpsctl load`: a load generator against the gateway's gRPC API or its
+//! HTTP/JSON facade ([`crate::target`]).
 //!
 //! Open model by default (submit `i` starts `i / rate` seconds after the
 //! start, whether or not earlier ones have answered; its accept latency
@@ -7,7 +8,7 @@
 //! `--concurrency N` (N submits in flight, each started when the previous one
 //! answered). Shapes: constant, spike, stress and ramp (find the knee).
 //! After the load every accepted signal is followed to its terminal state by
-//! polling SignalService.Get (the settle step of [`crate::steady`]);
+//! polling SignalService.Get or GET /signal/{id}/status ([`crate::target`]);
 //! end-to-end latency is the server's `finished_at` minus the scheduled
 //! start (the same clock when tpsctl runs on the gateway's machine).
 //! See docs/load.md.
@@ -208,7 +209,9 @@ impl Step {
 
     fn record(&mut self, shot: Shot) {
         self.sent += 1;
-        self.lag.saturating_record(micros(shot.lag));
+        if let Some(lag) = shot.lag {
+            self.lag.saturating_record(micros(lag));
+        }
         match shot.sent {
             Sent::Accepted { id, .. } => {
                 self.accept.saturating_record(micros(shot.latency));
@@ -292,10 +295,11 @@ async fn collect(mut rx: mpsc::UnboundedReceiver<Shot>, step: &mut Step, bar: &P
         }
         step.record(shot);
         bar.inc(1);
-        if (accepted + refused) % 256 == 0 {
+        if (accepted + refused).is_multiple_of(64) {
             bar.set_message(format!("accepted {accepted}  refused {refused}"));
         }
     }
+    bar.set_message(format!("accepted {accepted}  refused {refused}"));
 }
 
 /// One open-model step: `rate`/s for `duration` (exactly rate × duration submits).
@@ -331,7 +335,7 @@ async fn closed_step(
                 let shot = Shot {
                     due_wall,
                     latency: due.elapsed(),
-                    lag: Duration::ZERO,
+                    lag: None,
                     sent,
                 };
                 if tx.send(shot).is_err() {

@@ -101,9 +101,10 @@ pub struct Shot {
     /// Due → answered: includes any time the submitter itself fell behind,
     /// so a stall cannot hide (no coordinated omission).
     pub latency: Duration,
-    /// Due → actually sent: the generator's own lateness (its timer wakes
-    /// on whole milliseconds; a busy machine adds more), part of `latency`.
-    pub lag: Duration,
+    /// Open model: due → the submit's task starting to send it, the
+    /// generator's own lateness (its timer wakes on whole milliseconds; a
+    /// busy machine adds more), part of `latency`. None in a closed model.
+    pub lag: Option<Duration>,
     pub sent: Sent,
 }
 
@@ -152,10 +153,10 @@ pub async fn open_model(
             _ = &mut stop => break,
             _ = tokio::time::sleep_until(due.into()) => {}
         }
-        let lag = due.elapsed();
         let sending = send(i);
         let shots = shots.clone();
         inflight.spawn(async move {
+            let lag = Some(due.elapsed());
             let sent = sending.await;
             let _ = shots.send(Shot {
                 due_wall: wall0 + due.duration_since(t0),

@@ -62,7 +62,9 @@ pub async fn serve(
     // `serve_with_incoming`. Without it Nagle holds small responses back.
     let incoming = TcpListenerStream::new(listener).map(|conn| {
         let conn = conn?;
-        conn.set_nodelay(true)?;
+        if let Err(e) = conn.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
         Ok::<_, std::io::Error>(conn)
     });
     tonic::transport::Server::builder()

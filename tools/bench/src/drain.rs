@@ -21,6 +21,8 @@ use crate::common::{self, Streams, rate};
 const PREFILL_WINDOW: usize = 4096;
 /// How often to look whether the stream is empty after the last ack.
 const EMPTY_POLL: Duration = Duration::from_millis(5);
+/// How long the stream may stay non-empty after the last ack.
+const EMPTY_DEADLINE: Duration = Duration::from_secs(60);
 
 #[derive(Args)]
 pub struct DrainArgs {
@@ -148,7 +150,14 @@ async fn drain(
     js.client().flush().await?;
     // The last ack has been sent; the drain ends when the broker has taken
     // them all (a work-queue stream drops a message once it is acked).
+    // Bounded: a lost ack (redelivered after the ack wait) must not hang
+    // the benchmark.
+    let deadline = tokio::time::Instant::now() + EMPTY_DEADLINE;
     while streams.work_depth(producer).await? > 0 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the work stream was not empty {EMPTY_DEADLINE:?} after the last ack"
+        );
         tokio::time::sleep(EMPTY_POLL).await;
     }
     Ok(start.elapsed())
