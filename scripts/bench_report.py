@@ -213,7 +213,7 @@ def sweep_rows(name, sweep):
 sweeps = {"real": sweep_rows("real", real_sweep), "bare": sweep_rows("bare", bare_sweep)}
 if any(sweeps.values()):
     w("## Latency versus offered rate (open model, rate sweep)\n")
-    w("![latency percentiles versus offered rate](latency.svg)\n")
+    w("![latency percentiles versus offered rate](latency.png) ([SVG](latency.svg))\n")
     for name, rows in sweeps.items():
         if not rows:
             continue
@@ -235,14 +235,11 @@ if any(sweeps.values()):
         for name, rows in sweeps.items():
             if rows:
                 f = OUT / f"sweep-{name}.dat"
-                plots += [f"'{f}' using 1:3 with linespoints title '{name}: accept p99'",
+                plots += [f"'{f}' using 1:3 with linespoints pointtype 7 title '{name}: accept p99'",
                           f"'{f}' using 1:2 with linespoints dashtype 2 title '{name}: accept p50'",
                           f"'{f}' using 1:5 with linespoints title '{name}: end-to-end p99'",
                           f"'{f}' using 1:4 with linespoints dashtype 2 title '{name}: end-to-end p50'"]
-        script = f"""
-set terminal svg size 900,520 dynamic font 'sans,12' background '#ffffff'
-set output '{OUT / "latency.svg"}'
-set title 'TPS: latency percentiles versus offered rate (open model, VALIDATE on the fast pool)'
+        body = f"""set title 'TPS: latency percentiles versus offered rate (open model, VALIDATE on the fast pool)'
 set xlabel 'offered rate (signals/s)'
 set ylabel 'latency (ms, log scale)'
 set logscale y
@@ -250,6 +247,11 @@ set grid
 set key top left
 plot {", ".join(plots)}
 """
+        # The same plot as SVG and as PNG (cairo).
+        script = (f"set terminal svg size 900,520 font 'sans,12' background '#ffffff'\n"
+                  f"set output '{OUT / 'latency.svg'}'\n{body}"
+                  f"set terminal pngcairo size 900,520 font 'sans,10' background '#ffffff'\n"
+                  f"set output '{OUT / 'latency.png'}'\nreplot\n")
         subprocess.run([gnuplot], input=script, text=True, check=True)
     else:
         w("(gnuplot not installed: no plot; `apt-get install gnuplot-nox`)\n")
