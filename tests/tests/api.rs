@@ -340,3 +340,27 @@ async fn watch_ends_right_after_the_terminal_state() {
         "{states:?}"
     );
 }
+
+/// Every Watch has a consumer of its own on the status bucket's stream, and
+/// nats-server allows 1000 per stream by default: a watch that left its
+/// consumer behind (async-nats' KV watch keeps it 30 s) made watch 1001 and
+/// on fail with INTERNAL "maximum consumers limit reached". Each consumer
+/// now goes when its watch does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_watches_than_the_brokers_consumer_limit_all_answer() {
+    let stack = Stack::start().await;
+    let mut client = stack.signals().await;
+    let r = client
+        .submit(SubmitRequest {
+            r#type: SignalType::Validate as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = wait_terminal(&mut client, &r.id).await.state();
+    for i in 0..1200 {
+        let last = wait_terminal(&mut client, &r.id).await;
+        assert_eq!(last.state(), first, "watch {i}");
+    }
+}

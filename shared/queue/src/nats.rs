@@ -526,20 +526,81 @@ impl Queue {
     }
 
     /// The current status of `id` (if any), then every change.
+    ///
+    /// One short-lived push consumer on the bucket's stream per watch,
+    /// deleted as soon as the watch is dropped. (async-nats' own KV watch
+    /// leaves its ordered consumer behind for 30 s, and nats-server allows
+    /// 1000 consumers per stream by default: more than ~33 watches a second
+    /// were refused with "maximum consumers limit reached".) Should the
+    /// delete be lost, the server removes the consumer after
+    /// [`WATCH_INACTIVE`] without a subscriber.
     pub async fn watch_status(
         &self,
         id: &str,
     ) -> Result<impl Stream<Item = Result<SignalStatus, QueueError>> + use<>, QueueError> {
-        let watch = self.status.watch_with_history(id).await.map_err(broker)?;
-        Ok(watch.filter_map(|entry| async move {
-            match entry {
-                Ok(e) if e.operation == kv::Operation::Put => {
-                    Some(SignalStatus::decode(e.value).map_err(QueueError::from))
-                }
-                Ok(_) => None,
-                Err(e) => Some(Err(broker(e))),
-            }
+        let stream = self.status.stream.clone();
+        // Listening before the consumer exists: it delivers the current
+        // value at once, and nothing is redelivered (no acks).
+        let inbox = self.client.new_inbox();
+        let deliveries = self.client.subscribe(inbox.clone()).await.map_err(broker)?;
+        let consumer: consumer::PushConsumer = stream
+            .create_consumer(consumer::push::Config {
+                deliver_subject: inbox,
+                filter_subject: format!("{}{id}", self.status.prefix),
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                ack_policy: consumer::AckPolicy::None,
+                replay_policy: consumer::ReplayPolicy::Instant,
+                inactive_threshold: WATCH_INACTIVE,
+                memory_storage: true,
+                description: Some("tps status watch".to_owned()),
+                ..Default::default()
+            })
+            .await
+            .map_err(broker)?;
+        let name = consumer.cached_info().name.clone();
+        let guard = DeleteOnDrop {
+            stream: Some(stream),
+            name,
+        };
+        Ok(deliveries.filter_map(move |m| {
+            // The guard lives as long as the stream: dropping the watch
+            // deletes the consumer.
+            let _guard = &guard;
+            // A delete or purge marker is no status.
+            let marker = m
+                .headers
+                .as_ref()
+                .is_some_and(|h| h.get(KV_OPERATION).is_some());
+            let item = (!marker).then(|| SignalStatus::decode(m.payload).map_err(QueueError::from));
+            async move { item }
         }))
+    }
+}
+
+/// The header a KV delete or purge marker carries.
+const KV_OPERATION: &str = "KV-Operation";
+/// How long the server keeps a watch consumer nobody listens to.
+const WATCH_INACTIVE: Duration = Duration::from_secs(5);
+
+/// Deletes a consumer when dropped (on the runtime, if there is one).
+struct DeleteOnDrop {
+    stream: Option<jetstream::stream::Stream>,
+    name: String,
+}
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        let (Some(stream), Ok(runtime)) =
+            (self.stream.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let name = std::mem::take(&mut self.name);
+        runtime.spawn(async move {
+            if let Err(e) = stream.delete_consumer(&name).await {
+                tracing::debug!(consumer = %name, error = %e, "watch consumer not deleted; it expires by itself");
+            }
+        });
     }
 }
 
