@@ -236,34 +236,52 @@ pub async fn settle(
     ids: impl IntoIterator<Item = String>,
     timeout: Duration,
 ) -> HashMap<String, SignalStatus> {
+    let look = |id: String| {
+        let mut client = SignalServiceClient::new(channel.clone());
+        async move {
+            let request = GetRequest { id };
+            match tokio::time::timeout(CALL_TIMEOUT, client.get(request)).await {
+                Ok(Ok(response)) => Some(response.into_inner()).filter(|s| is_terminal(s.state())),
+                _ => None,
+            }
+        }
+    };
+    settle_with(ids, timeout, SETTLE_CONCURRENCY, look).await
+}
+
+/// The settle loop: asks `look(id)` for every id still pending
+/// (`concurrency` at a time), every [`SETTLE_POLL`], until each has given
+/// `Some` (terminal) or `timeout` has passed; a note on stderr every 10 s.
+pub async fn settle_with<T, F, Fut>(
+    ids: impl IntoIterator<Item = String>,
+    timeout: Duration,
+    concurrency: usize,
+    look: F,
+) -> HashMap<String, T>
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
     let deadline = Instant::now() + timeout;
     let mut pending: Vec<String> = ids.into_iter().collect();
     let total = pending.len();
     let mut finals = HashMap::new();
     let mut last_note = Instant::now();
     loop {
-        let round: Vec<(String, Option<SignalStatus>)> = stream::iter(std::mem::take(&mut pending))
+        let round: Vec<(String, Option<T>)> = stream::iter(std::mem::take(&mut pending))
             .map(|id| {
-                let mut client = SignalServiceClient::new(channel.clone());
-                async move {
-                    let request = GetRequest { id: id.clone() };
-                    let status = match tokio::time::timeout(CALL_TIMEOUT, client.get(request)).await
-                    {
-                        Ok(Ok(response)) => Some(response.into_inner()),
-                        _ => None,
-                    };
-                    (id, status)
-                }
+                let looking = look(id.clone());
+                async move { (id, looking.await) }
             })
-            .buffer_unordered(SETTLE_CONCURRENCY)
+            .buffer_unordered(concurrency)
             .collect()
             .await;
-        for (id, status) in round {
-            match status {
-                Some(status) if is_terminal(status.state()) => {
-                    finals.insert(id, status);
+        for (id, done) in round {
+            match done {
+                Some(t) => {
+                    finals.insert(id, t);
                 }
-                _ => pending.push(id),
+                None => pending.push(id),
             }
         }
         if pending.is_empty() || Instant::now() >= deadline {

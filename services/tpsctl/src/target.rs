@@ -7,9 +7,9 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use futures::{FutureExt, StreamExt, stream};
+use futures::FutureExt;
 use tonic::transport::Channel;
 use tps_domain::json::from_struct;
 use tps_domain::names;
@@ -17,10 +17,8 @@ use tps_proto::v1::{Pool, SignalState, SubmitRequest};
 
 use crate::steady::{self, CALL_TIMEOUT, Make, Sent, SubmitFn};
 
-/// Concurrent status reads while settling over HTTP.
+/// Concurrent status reads while settling over HTTP (one connection each).
 const SETTLE_CONCURRENCY: usize = 64;
-/// Pause between two settle rounds.
-const SETTLE_POLL: Duration = Duration::from_millis(500);
 
 /// A settled (terminal) signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,43 +189,17 @@ async fn http_settle(
     ids: impl IntoIterator<Item = String>,
     timeout: Duration,
 ) -> HashMap<String, Final> {
-    let deadline = Instant::now() + timeout;
-    let mut pending: Vec<String> = ids.into_iter().collect();
-    let total = pending.len();
-    let mut finals = HashMap::new();
-    let mut last_note = Instant::now();
-    loop {
-        let round: Vec<(String, Option<Final>)> = stream::iter(std::mem::take(&mut pending))
-            .map(|id| {
-                let request = client.get(format!("{base}/signal/{id}/status"));
-                async move {
-                    let view = match request.send().await {
-                        Ok(r) if r.status().is_success() => r.json().await.ok(),
-                        _ => None,
-                    };
-                    (id, view.as_ref().and_then(http_final))
-                }
-            })
-            .buffer_unordered(SETTLE_CONCURRENCY)
-            .collect()
-            .await;
-        for (id, done) in round {
-            match done {
-                Some(f) => {
-                    finals.insert(id, f);
-                }
-                None => pending.push(id),
-            }
+    let look = |id: String| {
+        let request = client.get(format!("{base}/signal/{id}/status"));
+        async move {
+            let view: serde_json::Value = match request.send().await {
+                Ok(r) if r.status().is_success() => r.json().await.ok()?,
+                _ => return None,
+            };
+            http_final(&view)
         }
-        if pending.is_empty() || Instant::now() >= deadline {
-            return finals;
-        }
-        if last_note.elapsed() >= Duration::from_secs(10) {
-            eprintln!("  settling: {} of {total} terminal", finals.len());
-            last_note = Instant::now();
-        }
-        tokio::time::sleep(SETTLE_POLL).await;
-    }
+    };
+    steady::settle_with(ids, timeout, SETTLE_CONCURRENCY, look).await
 }
 
 #[cfg(test)]
