@@ -324,14 +324,21 @@ measure() {
 
 DSECS=$(seconds "$DURATION")
 
-if wants real; then
-    start_system 1
-    log "3. real system: closed model, $CONCURRENCY in flight, $DURATION (VALIDATE: fast pool, no simulated work)"
-    measure "$OUT/real-closed-resources.json" "$OUT/real-closed.json" "$DSECS" \
+# saturate NAME FAST_REPLICAS: the real system under the closed model
+# (VALIDATE), with its resources measured, into OUT/NAME.json and
+# OUT/NAME-resources.json; then a fresh NATS.
+saturate() {
+    start_system "$2"
+    measure "$OUT/$1-resources.json" "$OUT/$1.json" "$DSECS" \
         load --gateway "$GATEWAY" load --concurrency "$CONCURRENCY" --duration "$DURATION" \
         --type validate --json --settle 120s
     stop_system
     restart_nats
+}
+
+if wants real; then
+    log "3. real system: closed model, $CONCURRENCY in flight, $DURATION (VALIDATE: fast pool, no simulated work)"
+    saturate real-closed 1
 fi
 
 if wants open; then
@@ -425,12 +432,7 @@ fi
 if wants scale; then
     for n in 1 2 3; do
         log "3. real system with $n fast-pool worker replica(s): closed model, $CONCURRENCY in flight, $DURATION"
-        start_system "$n"
-        measure "$OUT/real-scale-$n-resources.json" "$OUT/real-scale-$n.json" "$DSECS" \
-            load --gateway "$GATEWAY" load --concurrency "$CONCURRENCY" --duration "$DURATION" \
-            --type validate --json --settle 120s
-        stop_system
-        restart_nats
+        saturate "real-scale-$n" "$n"
     done
 fi
 
