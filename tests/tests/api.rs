@@ -364,3 +364,50 @@ async fn more_watches_than_the_brokers_consumer_limit_all_answer() {
         assert_eq!(last.state(), first, "watch {i}");
     }
 }
+
+/// A Watch must not hang when NATS restarts under it: it either goes on to
+/// the terminal state or ends with UNAVAILABLE (the status watch hears
+/// nothing, not even its heartbeats, for 15 s), so the caller watches again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_across_a_nats_restart_ends_or_finishes_but_never_hangs() {
+    let mut stack = Stack::start().await;
+    let mut client = stack.signals().await;
+    let r = client
+        .submit(SubmitRequest {
+            r#type: SignalType::Execute as i32,
+            payload: to_struct(&json!({"duration_ms": 3000})),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut updates = client
+        .watch(tps_proto::v1::WatchRequest { id: r.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = updates
+        .message()
+        .await
+        .expect("first update")
+        .expect("an update");
+    assert!(!tps_domain::is_terminal(first.state()), "{first:?}");
+    stack.nats.restart();
+    let end = tokio::time::timeout(Duration::from_secs(40), async {
+        loop {
+            match updates.message().await {
+                Ok(Some(s)) if tps_domain::is_terminal(s.state()) => return Ok(s.state()),
+                Ok(Some(_)) => continue,
+                Ok(None) => return Err("ended without a terminal state or an error".to_owned()),
+                Err(e) => return Err(format!("{:?}", e.code())),
+            }
+        }
+    })
+    .await
+    .expect("the watch neither finished nor ended within 40 s after NATS restarted");
+    eprintln!("watch across a NATS restart: {end:?}");
+    assert!(
+        end == Ok(SignalState::Succeeded) || end == Err("Unavailable".to_owned()),
+        "{end:?}"
+    );
+}

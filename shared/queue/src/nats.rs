@@ -533,7 +533,10 @@ impl Queue {
     /// 1000 consumers per stream by default: more than ~33 watches a second
     /// were refused with "maximum consumers limit reached".) Should the
     /// delete be lost, the server removes the consumer after
-    /// [`WATCH_INACTIVE`] without a subscriber.
+    /// [`WATCH_INACTIVE`] without a subscriber. The consumer sends a
+    /// heartbeat every [`WATCH_HEARTBEAT`]; a watch that hears nothing for
+    /// three of them (NATS restarted and the consumer with it) ends with
+    /// [`QueueError::Unavailable`], so the caller watches again.
     pub async fn watch_status(
         &self,
         id: &str,
@@ -551,6 +554,7 @@ impl Queue {
                 ack_policy: consumer::AckPolicy::None,
                 replay_policy: consumer::ReplayPolicy::Instant,
                 inactive_threshold: WATCH_INACTIVE,
+                idle_heartbeat: WATCH_HEARTBEAT,
                 memory_storage: true,
                 description: Some("tps status watch".to_owned()),
                 ..Default::default()
@@ -562,18 +566,40 @@ impl Queue {
             stream: Some(stream),
             name,
         };
-        Ok(deliveries.filter_map(move |m| {
-            // The guard lives as long as the stream: dropping the watch
-            // deletes the consumer.
-            let _guard = &guard;
-            // A delete or purge marker is no status.
-            let marker = m
-                .headers
-                .as_ref()
-                .is_some_and(|h| h.get(KV_OPERATION).is_some());
-            let item = (!marker).then(|| SignalStatus::decode(m.payload).map_err(QueueError::from));
-            async move { item }
-        }))
+        // The guard travels with the stream: dropping the watch deletes
+        // the consumer.
+        Ok(futures::stream::unfold(
+            (deliveries, guard, false),
+            |(mut deliveries, guard, lost)| async move {
+                if lost {
+                    return None;
+                }
+                loop {
+                    let m = match tokio::time::timeout(3 * WATCH_HEARTBEAT, deliveries.next()).await
+                    {
+                        Err(_) => {
+                            let e = QueueError::Unavailable(
+                                "the status watch heard nothing from NATS; watch again".to_owned(),
+                            );
+                            return Some((Err(e), (deliveries, guard, true)));
+                        }
+                        Ok(None) => return None,
+                        Ok(Some(m)) => m,
+                    };
+                    // A heartbeat (a status message), or a delete or purge
+                    // marker: no status.
+                    let marker = m
+                        .headers
+                        .as_ref()
+                        .is_some_and(|h| h.get(KV_OPERATION).is_some());
+                    if m.status.is_some() || marker {
+                        continue;
+                    }
+                    let status = SignalStatus::decode(m.payload).map_err(QueueError::from);
+                    return Some((status, (deliveries, guard, false)));
+                }
+            },
+        ))
     }
 }
 
@@ -581,6 +607,8 @@ impl Queue {
 const KV_OPERATION: &str = "KV-Operation";
 /// How long the server keeps a watch consumer nobody listens to.
 const WATCH_INACTIVE: Duration = Duration::from_secs(5);
+/// How often a watch consumer says it is alive when nothing changes.
+const WATCH_HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// Deletes a consumer when dropped (on the runtime, if there is one).
 struct DeleteOnDrop {
