@@ -3,28 +3,35 @@
 
 use tps_e2e::Stack;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tpsctl_load_reports_a_constant_open_model_run() {
-    let stack = Stack::start().await;
-    let gateway = stack.gateway.url("grpc");
-    // tpsctl blocks (a child process); keep the runtime free for the stack.
+/// Runs `tpsctl ARGS` (with `--json`) and parses its one JSON object. tpsctl
+/// blocks (a child process): it runs off the runtime the stack needs.
+async fn load_json(args: &[&str]) -> serde_json::Value {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     let out = tokio::task::spawn_blocking(move || {
-        let args = [
-            "--gateway",
-            &gateway,
-            "load",
-            "--rate",
-            "50",
-            "--duration",
-            "3s",
-            "--json",
-        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         tps_e2e::tpsctl(&args, &[])
     })
     .await
     .expect("tpsctl ran");
     eprintln!("{out}");
-    let summary: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    serde_json::from_str(out.trim()).expect("one JSON object")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tpsctl_load_reports_a_constant_open_model_run() {
+    let stack = Stack::start().await;
+    let gateway = stack.gateway.url("grpc");
+    let summary = load_json(&[
+        "--gateway",
+        &gateway,
+        "load",
+        "--rate",
+        "50",
+        "--duration",
+        "3s",
+        "--json",
+    ])
+    .await;
     let accepted = summary["accepted"].as_u64().expect("accepted");
     assert!(accepted.abs_diff(150) <= 1, "accepted {accepted}");
     assert_eq!(summary["refused"], 0, "{summary}");
@@ -42,27 +49,21 @@ async fn tpsctl_load_reports_a_constant_open_model_run() {
 async fn tpsctl_load_over_the_http_facade_with_a_payload_mix_settles_every_signal() {
     let stack = Stack::start().await;
     let http = stack.gateway.url("http");
-    let out = tokio::task::spawn_blocking(move || {
-        let args = [
-            "load",
-            "--http",
-            &http,
-            "--concurrency",
-            "8",
-            "--duration",
-            "3s",
-            "--work-ms",
-            "0",
-            "--payload-bytes",
-            "0,1024,16384",
-            "--json",
-        ];
-        tps_e2e::tpsctl(&args, &[])
-    })
-    .await
-    .expect("tpsctl ran");
-    eprintln!("{out}");
-    let summary: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    let summary = load_json(&[
+        "load",
+        "--http",
+        &http,
+        "--concurrency",
+        "8",
+        "--duration",
+        "3s",
+        "--work-ms",
+        "0",
+        "--payload-bytes",
+        "0,1024,16384",
+        "--json",
+    ])
+    .await;
     assert_eq!(summary["protocol"], "http", "{summary}");
     assert_eq!(summary["model"], "closed", "{summary}");
     assert_eq!(

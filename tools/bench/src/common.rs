@@ -17,26 +17,6 @@ const MAX_ACK_PENDING: i64 = 4096;
 /// Messages per pull request of the worker's `messages()` stream.
 const PULL_BATCH: usize = 256;
 
-/// Parses `20s`, `500ms`, `2m`, `1h` (a bare number is seconds).
-pub fn parse_duration(raw: &str) -> Result<Duration, String> {
-    let raw = raw.trim();
-    let split = raw
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(raw.len());
-    let (num, unit) = raw.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| "expected a duration such as 20s, 500ms, 2m".to_owned())?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        other => return Err(format!("unknown unit {other:?}; use ms, s, m or h")),
-    };
-    Ok(Duration::from_secs_f64(secs))
-}
-
 /// A connection of its own (as every service of the real system has) and its
 /// JetStream context.
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<jetstream::Context> {
@@ -273,16 +253,6 @@ pub fn rate(n: u64, d: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5d").is_err());
-    }
 
     #[test]
     fn a_stamped_payload_has_its_size_and_age() {

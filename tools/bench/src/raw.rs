@@ -29,7 +29,7 @@ pub struct RawArgs {
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     nats: String,
     /// How long the producers publish (ignored with --messages).
-    #[arg(long, default_value = "20s", value_parser = common::parse_duration, conflicts_with = "messages")]
+    #[arg(long, default_value = "20s", value_parser = tps_runtime::config::parse_duration, conflicts_with = "messages")]
     duration: Duration,
     /// Publish exactly this many messages instead of for --duration.
     #[arg(long)]
