@@ -5,8 +5,8 @@
 //! SignalService.Get answers from that record. `tpsctl load` drives it
 //! exactly as it drives the real gateway.
 //!
-//! Only the generated `tps.v1` types are used: none of the project's other
-//! crates, so no validation, routing rules, idempotency, tracing, metrics,
+//! Only the generated `tps.v1` types are in the path: none of the project's
+//! other crates (tps-runtime only parses the command line), so no validation, routing rules, idempotency, tracing, metrics,
 //! status bucket, breakers or Kanban limits. The gap between this and the
 //! real stack under the same load is what those cost.
 
