@@ -71,7 +71,7 @@ struct BoardState {
 }
 
 /// The board's routes. The caller binds the listener and serves it (with
-/// `axum::serve`), so it can report the bound address like every listener.
+/// `tps_runtime::http::serve`), so it can report the bound address like every listener.
 pub fn router(board: watch::Receiver<Value>, kaizen: KaizenFn) -> Router {
     router_with_keep_alive(board, kaizen, KEEP_ALIVE)
 }

@@ -101,6 +101,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let metrics_addr = tps_runtime::metrics::serve(
         config.metrics_addr,
         metrics.registry.clone(),
+        &config.common.transport,
         shutdown.clone(),
     )
     .await?;
@@ -158,10 +159,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     });
     let board_stop = shutdown.clone();
     let board_app = board::router(engine.web_feed(), kaizen);
+    let board_transport = config.common.transport.clone();
     let web = tokio::spawn(async move {
-        axum::serve(board_listener, board_app)
-            .with_graceful_shutdown(board_stop.cancelled_owned())
-            .await
+        tps_runtime::http::serve(board_listener, board_app, &board_transport, board_stop).await
     });
     for service in ["", "tps.v1.AndonService", "tps.v1.KaizenService"] {
         standard
@@ -170,7 +170,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             .await;
     }
 
-    let served = rpc::serve(listener, routes, shutdown.clone()).await;
+    let served = rpc::serve(
+        listener,
+        routes,
+        config.common.transport.clone(),
+        shutdown.clone(),
+    )
+    .await;
     for service in ["", "tps.v1.AndonService", "tps.v1.KaizenService"] {
         standard
             .health

@@ -80,6 +80,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let metrics_addr = tps_runtime::metrics::serve(
         config.metrics_addr,
         metrics.registry.clone(),
+        &config.common.transport,
         shutdown.clone(),
     )
     .await?;
@@ -104,17 +105,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         },
     ));
     let http_shutdown = shutdown.clone();
+    let http_transport = config.common.transport.clone();
     let http = tokio::spawn(async move {
-        use axum::serve::ListenerExt;
-        // Small JSON answers go out at once (no Nagle delay).
-        let http_listener = http_listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "TCP_NODELAY not set");
-            }
-        });
-        axum::serve(http_listener, http::router(core))
-            .with_graceful_shutdown(http_shutdown.cancelled_owned())
-            .await
+        // The shared HTTP serve: TCP_NODELAY, header-read and request
+        // timeouts, the in-flight limit, TLS when configured.
+        tps_runtime::http::serve(
+            http_listener,
+            http::router(core),
+            &http_transport,
+            http_shutdown,
+        )
+        .await
     });
 
     tps_runtime::ports::report(
@@ -126,7 +127,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         ],
     )?;
 
-    let served = rpc::serve(grpc_listener, routes, shutdown.clone()).await;
+    let served = rpc::serve(
+        grpc_listener,
+        routes,
+        config.common.transport.clone(),
+        shutdown.clone(),
+    )
+    .await;
     // Stopping: the health watcher has already said NOT_SERVING; wait for the
     // HTTP facade to finish its in-flight requests.
     watcher.abort();

@@ -182,13 +182,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let metrics_addr = tps_runtime::metrics::serve(
         config.metrics_addr,
         metrics.registry.clone(),
+        &config.common.transport,
         shutdown.clone(),
     )
     .await?;
     // The gRPC server outlives the pull loop a little, so operators can
     // still query the replica while it finishes its in-flight work.
     let server_stop = CancellationToken::new();
-    let server = tokio::spawn(rpc::serve(listener, routes, server_stop.clone()));
+    let server = tokio::spawn(rpc::serve(
+        listener,
+        routes,
+        config.common.transport.clone(),
+        server_stop.clone(),
+    ));
     tps_runtime::ports::report(
         config.common.ports_file.as_deref(),
         &[("grpc", grpc_addr), ("metrics", metrics_addr)],

@@ -224,6 +224,15 @@ pub struct CommonConfig {
     /// bearer token admin RPCs require. Unset: admin RPCs are disabled.
     /// Its Debug output never shows the token.
     pub admin_token: crate::admin::AdminToken,
+    /// How every listener accepts and limits connections and requests, and
+    /// its certificate when `TPS_TLS_CERT` / `TPS_TLS_KEY` are set.
+    pub transport: Transport,
+    /// TLS to NATS: `tls://` URLs, `TPS_NATS_TLS_CA`, `TPS_NATS_TLS_CERT` /
+    /// `TPS_NATS_TLS_KEY`.
+    pub nats_tls: NatsTls,
+    /// `TPS_AMQP_TLS_CA`: the PEM of the CA an `amqps://` RabbitMQ's
+    /// certificate is checked against (unset: the system's roots).
+    pub amqp_tls_ca: Option<String>,
 }
 
 impl CommonConfig {
@@ -268,8 +277,223 @@ impl CommonConfig {
             connect_timeout: env.duration("TPS_NATS_CONNECT_TIMEOUT", Duration::from_secs(30))?,
             publish_timeout: positive(env, "TPS_PUBLISH_TIMEOUT", Duration::from_secs(5))?,
             admin_token: crate::admin::AdminToken::new(admin_token(env)?),
+            transport: Transport {
+                limits: Limits::from_env(env)?,
+                tls: listener_tls(env)?,
+            },
+            nats_tls: NatsTls::from_env(env)?,
+            amqp_tls_ca: amqp_tls_ca(env)?,
         })
     }
+}
+
+/// The limits every listener applies: the gRPC server, the HTTP facade, the
+/// board and /metrics (docs/security-transport.md). Each has a default
+/// chosen on purpose and an environment override.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `TPS_MAX_CONNECTIONS` (default 1000): open connections per listener;
+    /// further clients wait in the kernel's accept backlog.
+    pub max_connections: usize,
+    /// `TPS_MAX_IN_FLIGHT` (default 1024): requests a listener handles at
+    /// once; more are refused at once (gRPC RESOURCE_EXHAUSTED, HTTP 503).
+    /// An open stream counts until its first response only.
+    pub max_in_flight: usize,
+    /// `TPS_GRPC_MAX_STREAMS` (default 1024): HTTP/2 streams (calls, open
+    /// watches included) one gRPC connection may have open; a client queues
+    /// further calls on its side.
+    pub grpc_max_streams: u32,
+    /// `TPS_GRPC_REQUEST_TIMEOUT` (default 120s): how long a gRPC call may
+    /// take to answer (a stream: to start answering; once it streams, it is
+    /// not cut). A shorter `grpc-timeout` from the client wins. Expired:
+    /// CANCELLED.
+    pub grpc_request_timeout: Duration,
+    /// `TPS_HTTP_REQUEST_TIMEOUT` (default 30s): how long an HTTP handler
+    /// may take to answer (an event stream: to start). Expired: 504.
+    pub http_request_timeout: Duration,
+    /// `TPS_HANDSHAKE_TIMEOUT` (default 10s): a new connection must finish
+    /// its TLS handshake and (gRPC) send the HTTP/2 connection preface within
+    /// this, or it is closed.
+    pub handshake_timeout: Duration,
+    /// `TPS_HTTP_HEADER_TIMEOUT` (default 10s): an HTTP/1 request's headers
+    /// must arrive within this; it also closes a keep-alive connection that
+    /// stays idle this long.
+    pub http_header_timeout: Duration,
+    /// `TPS_TCP_KEEPALIVE` (default 60s, `0` disables): TCP keepalive probes
+    /// start after a connection has been silent this long.
+    pub tcp_keepalive: Option<Duration>,
+    /// `TPS_HTTP2_KEEPALIVE_INTERVAL` (default 30s): a gRPC connection that
+    /// has received nothing this long is sent an HTTP/2 PING...
+    pub http2_keepalive_interval: Duration,
+    /// `TPS_HTTP2_KEEPALIVE_TIMEOUT` (default 10s): ...and closed when the
+    /// PING is not answered within this.
+    pub http2_keepalive_timeout: Duration,
+}
+
+/// The documented defaults.
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1000,
+            max_in_flight: 1024,
+            grpc_max_streams: 1024,
+            grpc_request_timeout: Duration::from_secs(120),
+            http_request_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            http_header_timeout: Duration::from_secs(10),
+            tcp_keepalive: Some(Duration::from_secs(60)),
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Limits {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let keepalive = env.duration("TPS_TCP_KEEPALIVE", Duration::from_secs(60))?;
+        Ok(Self {
+            max_connections: env.bounded("TPS_MAX_CONNECTIONS", d.max_connections, 1, 1_000_000)?,
+            max_in_flight: env.bounded("TPS_MAX_IN_FLIGHT", d.max_in_flight, 1, 1_000_000)?,
+            grpc_max_streams: env.bounded(
+                "TPS_GRPC_MAX_STREAMS",
+                d.grpc_max_streams,
+                1,
+                100_000,
+            )?,
+            grpc_request_timeout: positive(
+                env,
+                "TPS_GRPC_REQUEST_TIMEOUT",
+                d.grpc_request_timeout,
+            )?,
+            http_request_timeout: positive(
+                env,
+                "TPS_HTTP_REQUEST_TIMEOUT",
+                d.http_request_timeout,
+            )?,
+            handshake_timeout: positive(env, "TPS_HANDSHAKE_TIMEOUT", d.handshake_timeout)?,
+            http_header_timeout: positive(env, "TPS_HTTP_HEADER_TIMEOUT", d.http_header_timeout)?,
+            tcp_keepalive: (!keepalive.is_zero()).then_some(keepalive),
+            http2_keepalive_interval: positive(
+                env,
+                "TPS_HTTP2_KEEPALIVE_INTERVAL",
+                d.http2_keepalive_interval,
+            )?,
+            http2_keepalive_timeout: positive(
+                env,
+                "TPS_HTTP2_KEEPALIVE_TIMEOUT",
+                d.http2_keepalive_timeout,
+            )?,
+        })
+    }
+}
+
+/// What every listener is served with: its limits and, optionally, TLS.
+#[derive(Debug, Clone, Default)]
+pub struct Transport {
+    pub limits: Limits,
+    /// `TPS_TLS_CERT` + `TPS_TLS_KEY`: every listener (gRPC, HTTP facade,
+    /// board, /metrics) speaks TLS only. Unset: plaintext.
+    pub tls: Option<crate::tls::ServerTls>,
+}
+
+/// `TPS_TLS_CERT` and `TPS_TLS_KEY`: both or neither.
+fn listener_tls(env: &Env) -> Result<Option<crate::tls::ServerTls>, ConfigError> {
+    match (env.get("TPS_TLS_CERT"), env.get("TPS_TLS_KEY")) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => {
+            crate::tls::ServerTls::load(cert.as_ref(), key.as_ref()).map(Some)
+        }
+        (Some(cert), None) => Err(Env::error(
+            "TPS_TLS_CERT",
+            cert,
+            "TPS_TLS_KEY must be set too (both or neither)",
+        )),
+        (None, Some(_)) => Err(Env::error(
+            "TPS_TLS_KEY",
+            "***",
+            "TPS_TLS_CERT must be set too (both or neither)",
+        )),
+    }
+}
+
+/// How to reach NATS over TLS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatsTls {
+    /// TLS is required: a `tls://` URL, or any of the settings below.
+    pub required: bool,
+    /// `TPS_NATS_TLS_CA`: PEM root CA(s) the server's certificate is checked
+    /// against (unset: the system's roots).
+    pub ca: Option<std::path::PathBuf>,
+    /// `TPS_NATS_TLS_CERT` + `TPS_NATS_TLS_KEY`: a client certificate, for a
+    /// server that verifies clients (both or neither).
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl NatsTls {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let file = |var: &str| -> Result<Option<std::path::PathBuf>, ConfigError> {
+            match env.get(var) {
+                None => Ok(None),
+                Some(path) => match std::fs::metadata(path) {
+                    Ok(m) if m.is_file() => Ok(Some(path.into())),
+                    Ok(_) => Err(Env::error(var, path, "not a file")),
+                    Err(e) => Err(Env::error(var, path, e)),
+                },
+            }
+        };
+        let ca = file("TPS_NATS_TLS_CA")?;
+        let client = match (file("TPS_NATS_TLS_CERT")?, file("TPS_NATS_TLS_KEY")?) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (Some(_), None) => {
+                return Err(Env::error(
+                    "TPS_NATS_TLS_CERT",
+                    env.get("TPS_NATS_TLS_CERT").unwrap_or_default(),
+                    "TPS_NATS_TLS_KEY must be set too (both or neither)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(Env::error(
+                    "TPS_NATS_TLS_KEY",
+                    "***",
+                    "TPS_NATS_TLS_CERT must be set too (both or neither)",
+                ));
+            }
+        };
+        let tls_url = env
+            .get("NATS_URL")
+            .is_some_and(|u| u.split(',').any(|u| u.trim().starts_with("tls://")));
+        Ok(Self {
+            required: tls_url || ca.is_some() || client.is_some(),
+            ca,
+            client,
+        })
+    }
+}
+
+/// `TPS_AMQP_TLS_CA`, read at start-up; only with an `amqps://` URL.
+fn amqp_tls_ca(env: &Env) -> Result<Option<String>, ConfigError> {
+    let Some(path) = env.get("TPS_AMQP_TLS_CA") else {
+        return Ok(None);
+    };
+    let url = env.get("RABBITMQ_URL").unwrap_or_default();
+    if !url.starts_with("amqps://") {
+        return Err(Env::error(
+            "TPS_AMQP_TLS_CA",
+            path,
+            "needs an amqps:// RABBITMQ_URL",
+        ));
+    }
+    let pem = std::fs::read_to_string(path).map_err(|e| Env::error("TPS_AMQP_TLS_CA", path, e))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(Env::error(
+            "TPS_AMQP_TLS_CA",
+            path,
+            "no PEM certificate in it",
+        ));
+    }
+    Ok(Some(pem))
 }
 
 fn positive(env: &Env, var: &str, default: Duration) -> Result<Duration, ConfigError> {
@@ -538,6 +762,66 @@ mod tests {
             env.addr("TPS_GRPC_ADDR", "0.0.0.0:50051").unwrap_err().var,
             "TPS_GRPC_ADDR"
         );
+    }
+
+    #[test]
+    fn transport_limits_have_defaults_and_overrides() {
+        let c = CommonConfig::from_env(&Env::default()).unwrap();
+        assert_eq!(c.transport.limits, Limits::default());
+        assert!(c.transport.tls.is_none());
+        assert_eq!(c.nats_tls, NatsTls::default());
+        assert_eq!(
+            Limits::default().grpc_request_timeout,
+            Duration::from_secs(120)
+        );
+        let env = Env::from_pairs([
+            ("TPS_HANDSHAKE_TIMEOUT", "250ms"),
+            ("TPS_GRPC_MAX_STREAMS", "8"),
+            ("TPS_TCP_KEEPALIVE", "0"),
+        ]);
+        let l = Limits::from_env(&env).unwrap();
+        assert_eq!(l.handshake_timeout, Duration::from_millis(250));
+        assert_eq!(l.grpc_max_streams, 8);
+        assert_eq!(l.tcp_keepalive, None);
+        for (var, bad) in [
+            ("TPS_MAX_IN_FLIGHT", "0"),
+            ("TPS_HTTP_HEADER_TIMEOUT", "0s"),
+            ("TPS_GRPC_REQUEST_TIMEOUT", "soon"),
+        ] {
+            let env = Env::from_pairs([(var, bad)]);
+            assert_eq!(Limits::from_env(&env).unwrap_err().var, var);
+        }
+    }
+
+    #[test]
+    fn tls_settings_come_in_pairs_and_name_the_variable() {
+        let env = Env::from_pairs([("TPS_TLS_CERT", "/nonexistent/cert.pem")]);
+        let e = CommonConfig::from_env(&env).unwrap_err();
+        assert_eq!(e.var, "TPS_TLS_CERT");
+        assert!(e.reason.contains("TPS_TLS_KEY"), "{e}");
+        let env = Env::from_pairs([("TPS_TLS_KEY", "/secret/key.pem")]);
+        let e = CommonConfig::from_env(&env).unwrap_err();
+        assert_eq!(e.var, "TPS_TLS_KEY");
+        let env = Env::from_pairs([
+            ("TPS_TLS_CERT", "/nonexistent/cert.pem"),
+            ("TPS_TLS_KEY", "/nonexistent/key.pem"),
+        ]);
+        assert_eq!(
+            CommonConfig::from_env(&env).unwrap_err().var,
+            "TPS_TLS_CERT"
+        );
+
+        let env = Env::from_pairs([("NATS_URL", "tls://nats:4222")]);
+        assert!(CommonConfig::from_env(&env).unwrap().nats_tls.required);
+        let env = Env::from_pairs([("TPS_NATS_TLS_CA", "/nonexistent/ca.pem")]);
+        assert_eq!(
+            CommonConfig::from_env(&env).unwrap_err().var,
+            "TPS_NATS_TLS_CA"
+        );
+        let env = Env::from_pairs([("TPS_AMQP_TLS_CA", "/nonexistent/ca.pem")]);
+        let e = CommonConfig::from_env(&env).unwrap_err();
+        assert_eq!(e.var, "TPS_AMQP_TLS_CA");
+        assert!(e.reason.contains("amqps://"), "{e}");
     }
 
     #[test]

@@ -3,13 +3,13 @@
 //! way to serve a router on a bound listener until shutdown.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
+
+use crate::config::Transport;
 
 /// Largest gRPC message a TPS server decodes or encodes.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
@@ -50,26 +50,38 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
 }
 
 /// Serves `routes` on `listener` until `shutdown` is cancelled, then lets
-/// in-flight calls finish. HTTP/2 keepalive and timeouts are set here once.
+/// in-flight calls finish. Every limit is set here, once, from
+/// `transport` (see [`crate::config::Limits`] and
+/// docs/security-transport.md): connections per listener, the handshake
+/// deadline (TLS and the HTTP/2 preface), TCP_NODELAY and TCP keepalive
+/// ([`crate::transport`]); HTTP/2 max concurrent streams and keepalive
+/// PINGs; a per-call timeout; and the calls in flight, beyond which a call
+/// is refused with RESOURCE_EXHAUSTED rather than queued.
+///
+/// The timeout bounds how long a handler takes to answer. A server stream
+/// (SignalService.Watch, AndonService.Watch, health Watch) answers at once
+/// with its stream, which then runs as long as it likes: tonic applies
+/// `Server::timeout` to the response future, not to the body.
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
+    transport: Transport,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    use tokio_stream::StreamExt;
-    // TCP_NODELAY on every accepted connection, here: tonic's own
-    // `tcp_nodelay` applies only to listeners it binds itself, not to
-    // `serve_with_incoming`. Without it Nagle holds small responses back.
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        let conn = conn?;
-        if let Err(e) = conn.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-        Ok::<_, std::io::Error>(conn)
-    });
+    let limits = transport.limits;
+    let incoming = crate::transport::incoming(listener, &transport);
+    let in_flight = tower::ServiceBuilder::new()
+        .load_shed()
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            limits.max_in_flight,
+        ))
+        .into_inner();
     tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+        .max_concurrent_streams(limits.grpc_max_streams)
+        .timeout(limits.grpc_request_timeout)
+        .layer(in_flight)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await

@@ -1,17 +1,21 @@
 //! What every TPS binary shares, one concern per module: configuration from
 //! `TPS_*` variables, telemetry (logs + traces), the Prometheus endpoint, the
-//! gRPC health/reflection services, shutdown on signals, W3C trace propagation
-//! and reporting the addresses a process bound.
+//! gRPC health/reflection services, shutdown on signals, W3C trace propagation,
+//! reporting the addresses a process bound, and serving listeners (gRPC and
+//! HTTP) with deliberate limits and optional TLS.
 
 pub mod admin;
 pub mod config;
 pub mod grpc;
+pub mod http;
 pub mod jidoka;
 pub mod metrics;
 pub mod ports;
 pub mod propagation;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
+pub mod transport;
 
 pub use config::{ConfigError, Env};
 

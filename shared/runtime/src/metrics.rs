@@ -13,6 +13,8 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Transport;
+
 /// A registry with the process collector already in it.
 pub fn registry(service: &str) -> Registry {
     let labels = [("service".to_owned(), service.to_owned())].into();
@@ -43,11 +45,13 @@ pub async fn handler(State(registry): State<Registry>) -> impl IntoResponse {
     )
 }
 
-/// Binds `addr` (port 0 picks one), then serves `/metrics` until `shutdown`.
+/// Binds `addr` (port 0 picks one), then serves `/metrics` until `shutdown`
+/// through [`crate::http::serve`] (its limits, and TLS when configured).
 /// Returns the bound address.
 pub async fn serve(
     addr: SocketAddr,
     registry: Registry,
+    transport: &Transport,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
@@ -55,11 +59,9 @@ pub async fn serve(
     let app = Router::new()
         .route("/metrics", get(handler))
         .with_state(registry);
+    let transport = transport.clone();
     tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-        if let Err(e) = served {
+        if let Err(e) = crate::http::serve(listener, app, &transport, shutdown).await {
             tracing::error!(error = %e, "metrics server failed");
         }
     });
