@@ -11,9 +11,10 @@ use prost_types::Timestamp;
 use tokio_util::sync::CancellationToken;
 use tps_domain::{is_terminal, names, routing, validate};
 use tps_proto::v1::{
-    Pool, Signal, SignalState, SignalStatus, SignalType, SubmitRequest, SubmitResponse, WorkItem,
+    Pool, ReplayResponse, Signal, SignalState, SignalStatus, SignalType, SubmitRequest,
+    SubmitResponse, WorkItem,
 };
-use tps_queue::{Backend, Failover, Queue, QueueStats};
+use tps_queue::{Backend, DeadLetters, Failover, Queue, QueueStats};
 use tracing::{Instrument, field};
 
 use crate::config::Config;
@@ -468,16 +469,47 @@ impl Core {
         }
     }
 
-    /// Dead letters of `pool` (or all pools), oldest first.
+    /// Dead letters of `pool` (or all pools), oldest first: signals' and
+    /// poison messages' (those have no status: nothing to replay).
     pub async fn dead_letters(
         &self,
         pool: Option<Pool>,
         limit: usize,
     ) -> Result<Vec<(u64, tps_proto::v1::DeadLetter)>, ApiError> {
+        self.read_dead_letters(pool, limit, DeadLetters::All).await
+    }
+
+    async fn read_dead_letters(
+        &self,
+        pool: Option<Pool>,
+        limit: usize,
+        which: DeadLetters,
+    ) -> Result<Vec<(u64, tps_proto::v1::DeadLetter)>, ApiError> {
         let mut out = Vec::new();
-        for (seq, dead) in self.queue.dead_letters(pool, limit).await? {
+        for (seq, dead) in self.queue.dead_letters(pool, limit, which).await? {
             let item = dead.item.clone().unwrap_or_default();
             let signal = item.signal.clone().unwrap_or_default();
+            let listed = tps_proto::v1::DeadLetter {
+                reason: dead.reason.clone(),
+                deliveries: dead.deliveries,
+                dead_lettered_at: dead.dead_lettered_at,
+                origin: dead.origin.clone(),
+                backend: dead.backend.clone(),
+                ..Default::default()
+            };
+            if signal.id.is_empty() {
+                // A poison message: no signal, so no status to look up.
+                out.push((
+                    seq,
+                    tps_proto::v1::DeadLetter {
+                        poison: true,
+                        raw: dead.raw,
+                        size: dead.size,
+                        ..listed
+                    },
+                ));
+                continue;
+            }
             // The record in the bucket is the current truth; the dead
             // letter's own copy stands in if the record has expired.
             let status = match self.queue.status(&signal.id).await? {
@@ -495,9 +527,7 @@ impl Core {
                 seq,
                 tps_proto::v1::DeadLetter {
                     status: Some(status),
-                    reason: dead.reason,
-                    deliveries: dead.deliveries,
-                    dead_lettered_at: dead.dead_lettered_at,
+                    ..listed
                 },
             ));
         }
@@ -505,16 +535,27 @@ impl Core {
     }
 
     /// Puts dead letters (all of `pool`, or only `ids`) back on their work
-    /// queue as a new attempt with the same id; returns how many.
-    pub async fn replay(&self, pool: Option<Pool>, ids: &[String]) -> Result<u32, ApiError> {
+    /// queue as a new attempt with the same id. Poison messages (no work
+    /// item) cannot be run again: they are counted as skipped, with a note,
+    /// and stay in TPS_DLQ.
+    pub async fn replay(
+        &self,
+        pool: Option<Pool>,
+        ids: &[String],
+    ) -> Result<ReplayResponse, ApiError> {
         let ids: Vec<String> = ids
             .iter()
             .map(|id| validate::signal_id("ids", id))
             .collect::<Result<_, _>>()
             .map_err(ApiError::Invalid)?;
         let mut replayed = 0;
-        for (seq, dead) in self.dead_letters(pool, REPLAY_LIMIT).await? {
+        let mut skipped: u64 = 0;
+        for (seq, dead) in self
+            .read_dead_letters(pool, REPLAY_LIMIT, DeadLetters::Signals)
+            .await?
+        {
             let Some(previous) = dead.status else {
+                skipped += 1;
                 continue;
             };
             let signal = previous.signal.clone().unwrap_or_default();
@@ -545,7 +586,32 @@ impl Core {
             );
             replayed += 1;
         }
-        Ok(replayed)
+        if ids.is_empty() {
+            // Poison messages have no id, so only a replay of everything
+            // in scope meets them.
+            match self.queue.poison_held(pool).await {
+                Ok(n) => skipped += n,
+                Err(e) => tracing::warn!(error = %e, "poison messages not counted"),
+            }
+        }
+        let note = if skipped == 0 {
+            String::new()
+        } else {
+            tracing::warn!(
+                skipped,
+                "replay skipped poison messages: they cannot be run again"
+            );
+            format!(
+                "{skipped} poison message(s) skipped: they did not decode as a work item, so \
+                 there is no signal to run again; they stay in TPS_DLQ (ListDeadLetters shows \
+                 each with its decode error)"
+            )
+        };
+        Ok(ReplayResponse {
+            replayed,
+            skipped: u32::try_from(skipped).unwrap_or(u32::MAX),
+            note,
+        })
     }
 }
 

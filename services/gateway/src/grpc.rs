@@ -133,7 +133,7 @@ impl SignalService for Signals {
         self.0.admin.check(request.metadata(), "Replay")?;
         let req = request.into_inner();
         let replayed = self.0.replay(pool_filter(req.pool)?, &req.ids).await?;
-        Ok(Response::new(ReplayResponse { replayed }))
+        Ok(Response::new(replayed))
     }
 }
 

@@ -172,6 +172,36 @@ pub async fn pool(worker: &str, token: Option<&str>, cmd: PoolCommand) -> anyhow
     Ok(0)
 }
 
+/// One line of `tpsctl dlq list`: the signal's status, or for a poison
+/// message (no signal) what is known of the bytes: where they came from,
+/// their size, the first of them in hex.
+fn dead_letter_view(d: tps_proto::v1::DeadLetter) -> serde_json::Value {
+    let mut v = match &d.status {
+        Some(status) if !d.poison => tps_domain::json::status_view(status),
+        _ => {
+            const SHOWN: usize = 64;
+            let hex: String = d
+                .raw
+                .iter()
+                .take(SHOWN)
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            serde_json::json!({
+                "poison": true,
+                "size": d.size,
+                "raw_hex": hex,
+                "raw_shown": d.raw.len().min(SHOWN),
+            })
+        }
+    };
+    v["reason"] = d.reason.into();
+    v["deliveries"] = d.deliveries.into();
+    v["dead_lettered_at"] = d.dead_lettered_at.map(|t| t.to_string()).into();
+    v["origin"] = d.origin.into();
+    v["backend"] = d.backend.into();
+    v
+}
+
 pub async fn dlq(gateway: &str, token: Option<&str>, cmd: DlqCommand) -> anyhow::Result<i32> {
     let mut client = SignalServiceClient::new(connect_channel(gateway).await?);
     match cmd {
@@ -186,11 +216,7 @@ pub async fn dlq(gateway: &str, token: Option<&str>, cmd: DlqCommand) -> anyhow:
                 .map_err(|s| explain(&s))?
                 .into_inner();
             for d in list.dead_letters {
-                let mut v = tps_domain::json::status_view(&d.status.unwrap_or_default());
-                v["reason"] = d.reason.into();
-                v["deliveries"] = d.deliveries.into();
-                v["dead_lettered_at"] = d.dead_lettered_at.map(|t| t.to_string()).into();
-                println!("{v}");
+                println!("{}", dead_letter_view(d));
             }
         }
         DlqCommand::Replay { pool, ids } => {
@@ -203,7 +229,11 @@ pub async fn dlq(gateway: &str, token: Option<&str>, cmd: DlqCommand) -> anyhow:
                 .await
                 .map_err(|s| explain(&s))?
                 .into_inner();
-            println!("{}", serde_json::json!({"replayed": r.replayed}));
+            let mut v = serde_json::json!({"replayed": r.replayed, "skipped": r.skipped});
+            if !r.note.is_empty() {
+                v["note"] = r.note.into();
+            }
+            println!("{v}");
         }
     }
     Ok(0)

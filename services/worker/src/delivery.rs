@@ -44,6 +44,21 @@ impl Delivery {
         }
     }
 
+    /// Names this message (not this delivery of it) for JetStream's
+    /// duplicate window when it is dead-lettered as poison: the stream and
+    /// sequence on NATS; on RabbitMQ the queue and the message id, or a hash
+    /// of the bytes when it has none (byte-identical messages without an id
+    /// then count as one within the window).
+    pub fn poison_key(&self) -> String {
+        match self {
+            Self::Nats(m) => match m.info() {
+                Ok(i) => format!("nats.{}.{}", i.stream, i.stream_sequence),
+                Err(_) => format!("nats.{}.{:016x}", m.subject, fnv1a(&m.payload)),
+            },
+            Self::Amqp(d) => amqp_poison_key(d.routing_key.as_str(), d),
+        }
+    }
+
     pub fn backend(&self) -> &'static str {
         match self {
             Self::Nats(_) => "nats",
@@ -97,5 +112,33 @@ fn requeue() -> BasicNackOptions {
     BasicNackOptions {
         requeue: true,
         multiple: false,
+    }
+}
+
+/// [`Delivery::poison_key`] of a RabbitMQ delivery taken from `queue`.
+pub fn amqp_poison_key(queue: &str, d: &lapin::message::Delivery) -> String {
+    match d.properties.message_id() {
+        Some(id) => format!("rabbitmq.{queue}.id.{id}"),
+        None => format!("rabbitmq.{queue}.{:016x}", fnv1a(&d.data)),
+    }
+}
+
+/// FNV-1a, 64 bits: stable across builds and replicas (unlike std's hasher),
+/// and enough to tell messages apart in a duplicate window.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fnv1a;
+
+    #[test]
+    fn fnv1a_is_the_published_function() {
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_ne!(fnv1a(b"ab"), fnv1a(b"ba"));
     }
 }

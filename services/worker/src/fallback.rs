@@ -210,13 +210,16 @@ pub async fn redrive(worker: Arc<Worker>, fallback: Arc<Fallback>) {
             let Some(Ok(delivery)) = next else {
                 break;
             };
-            let label = match process::redrive(&worker, &delivery.data).await {
+            let outcome = match process::redrive(&worker, &delivery.data).await {
+                Redriven::Poison(reason) => {
+                    dead_letter_record(&worker, &queue, &delivery, reason).await
+                }
+                other => other,
+            };
+            let label = match outcome {
                 Redriven::Recorded => "recorded",
                 Redriven::Superseded => "superseded",
-                Redriven::Poison => {
-                    tracing::error!("unreadable fallback record dropped");
-                    "poison"
-                }
+                Redriven::Poison(_) => "poison",
                 Redriven::Failed => {
                     // Back to the queue after a pause (NATS may be restarting).
                     let acker = delivery.acker.clone();
@@ -243,6 +246,40 @@ pub async fn redrive(worker: Arc<Worker>, fallback: Arc<Fallback>) {
         }
         if rabbit.connected() {
             cancel(&channel, &mut consumer, &tag).await;
+        }
+    }
+}
+
+/// An unreadable fallback record goes to TPS_DLQ as poison (the reason, the
+/// bytes, the queue) before it is acked; [`Redriven::Failed`] if NATS did not
+/// take it (the record is then handed back like any other).
+async fn dead_letter_record(
+    worker: &Worker,
+    queue: &str,
+    delivery: &lapin::message::Delivery,
+    reason: String,
+) -> Redriven {
+    let dead = process::poison_letter(
+        &worker.config.common.instance_id,
+        &delivery.data,
+        &reason,
+        queue.to_owned(),
+        "rabbitmq",
+        1 + u32::from(delivery.redelivered),
+    );
+    let key = crate::delivery::amqp_poison_key(queue, delivery);
+    match worker
+        .queue
+        .publish_poison(worker.pool(), &key, &dead)
+        .await
+    {
+        Ok(()) => {
+            tracing::error!(%queue, %reason, size = dead.size, "unreadable fallback record dead-lettered");
+            Redriven::Poison(reason)
+        }
+        Err(e) => {
+            tracing::warn!(%queue, %reason, error = %e, "unreadable fallback record not dead-lettered; it will be tried again");
+            Redriven::Failed
         }
     }
 }

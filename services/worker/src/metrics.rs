@@ -22,7 +22,8 @@ pub struct Metrics {
     pub queue_wait: HistogramVec,
     /// `tps_worker_redeliveries_total{pool}`: messages seen more than once.
     pub redeliveries: IntCounterVec,
-    /// `tps_worker_poison_total{pool}`: messages that could not be decoded.
+    /// `tps_worker_poison_total{pool}`: messages that could not be decoded,
+    /// counted once their dead letter is stored.
     pub poison: IntCounterVec,
     /// `tps_worker_acks_total{pool,kind}`: ack, nak, term, progress.
     pub acks: IntCounterVec,
@@ -93,7 +94,7 @@ impl Metrics {
         let poison = IntCounterVec::new(
             Opts::new(
                 "tps_worker_poison_total",
-                "Work items that could not be decoded",
+                "Messages on the work subjects or queue that were not a runnable work item, dead-lettered as poison",
             ),
             &["pool"],
         )?;

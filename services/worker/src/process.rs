@@ -79,15 +79,10 @@ pub async fn handle(worker: &Worker, message: Delivery) {
         .deliveries
         .with_label_values(&[pool, message.backend()])
         .inc();
-    let item = match WorkItem::decode(message.payload()) {
-        Ok(item) if item.signal.is_some() => item,
-        other => {
-            let reason = other
-                .err()
-                .map_or("no signal".to_owned(), |e| e.to_string());
-            tracing::warn!(origin = %message.origin(), %reason, "undecodable work item; terminated");
-            worker.metrics.poison.with_label_values(&[pool]).inc();
-            ack(worker, &message, AckKind::Term).await;
+    let item = match decode_work(message.payload()) {
+        Ok(item) => item,
+        Err(reason) => {
+            poison(worker, &message, &reason).await;
             return;
         }
     };
@@ -111,6 +106,78 @@ pub async fn handle(worker: &Worker, message: Delivery) {
     process(worker, &message, item, delivered)
         .instrument(span)
         .await;
+}
+
+/// A work item as the worker can run it: it decodes as a [`WorkItem`] and
+/// carries a signal whose id is a UUID (the gateway's). Anything else (bytes
+/// that are not protobuf, another message type, a WorkItem without its
+/// signal) is a poison message; the error says why.
+pub fn decode_work(payload: &[u8]) -> Result<WorkItem, String> {
+    let item = WorkItem::decode(payload).map_err(|e| format!("undecodable work item: {e}"))?;
+    let Some(signal) = &item.signal else {
+        return Err("undecodable work item: no signal".to_owned());
+    };
+    if signal.id.is_empty() {
+        return Err("undecodable work item: the signal has no id".to_owned());
+    }
+    if tps_domain::validate::signal_id("signal.id", &signal.id).is_err() {
+        let shown: String = signal.id.chars().take(64).collect();
+        return Err(format!(
+            "undecodable work item: the signal id {shown:?} is not a UUID"
+        ));
+    }
+    Ok(item)
+}
+
+/// A poison dead letter of `payload`: the reason, a bounded prefix of the
+/// bytes, where they came from.
+pub fn poison_letter(
+    worker_id: &str,
+    payload: &[u8],
+    reason: &str,
+    origin: String,
+    backend: &str,
+    deliveries: u32,
+) -> DeadLetterItem {
+    DeadLetterItem {
+        item: None,
+        reason: reason.to_owned(),
+        deliveries,
+        dead_lettered_at: Some(now()),
+        worker_id: worker_id.to_owned(),
+        raw: payload[..payload.len().min(tps_queue::POISON_RAW_LIMIT)].to_vec(),
+        origin,
+        backend: backend.to_owned(),
+        size: payload.len() as u64,
+    }
+}
+
+/// A delivery that is not a work item: kept in TPS_DLQ (the poison subject)
+/// with the decode error, then acked; if the dead letter cannot be stored
+/// (NATS down), handed back for a later try instead.
+async fn poison(worker: &Worker, message: &Delivery, reason: &str) {
+    let pool = names::pool(worker.pool());
+    let payload = message.payload();
+    let dead = poison_letter(
+        &worker.config.common.instance_id,
+        payload,
+        reason,
+        message.origin(),
+        message.backend(),
+        message.delivered(),
+    );
+    if let Err(e) = worker
+        .queue
+        .publish_poison(worker.pool(), &message.poison_key(), &dead)
+        .await
+    {
+        tracing::warn!(origin = %dead.origin, backend = %dead.backend, %reason, error = %e, "poison message not dead-lettered; it will be redelivered");
+        ack(worker, message, AckKind::Nak(Some(RETRY_DELAY))).await;
+        return;
+    }
+    worker.metrics.poison.with_label_values(&[pool]).inc();
+    tracing::error!(origin = %dead.origin, backend = %dead.backend, %reason, size = dead.size, "poison message dead-lettered");
+    ack(worker, message, AckKind::Ack).await;
 }
 
 async fn process(worker: &Worker, message: &Delivery, item: WorkItem, delivered: u32) {
@@ -475,8 +542,8 @@ pub enum Redriven {
     /// The attempt had been decided already (its result was published again;
     /// the broker drops a duplicate), or a newer attempt exists.
     Superseded,
-    /// Unreadable: dropped.
-    Poison,
+    /// Unreadable: the caller dead-letters it as poison (the reason says why).
+    Poison(String),
     /// NATS did not take it; try again later.
     Failed,
 }
@@ -486,12 +553,16 @@ pub enum Redriven {
 /// [`finish`]), then the result on TPS_RESULTS. The caller acks the record
 /// unless this returns [`Redriven::Failed`].
 pub async fn redrive(worker: &Worker, payload: &[u8]) -> Redriven {
-    let Ok(record) = FallbackRecord::decode(payload) else {
-        return Redriven::Poison;
+    let record = match FallbackRecord::decode(payload) {
+        Ok(record) => record,
+        Err(e) => return Redriven::Poison(format!("undecodable fallback record: {e}")),
     };
     let (Some(status), Some(mut result)) = (record.status, record.result) else {
-        return Redriven::Poison;
+        return Redriven::Poison("undecodable fallback record: no status or no result".to_owned());
     };
+    if result.signal_id.is_empty() {
+        return Redriven::Poison("undecodable fallback record: no signal id".to_owned());
+    }
     let id = result.signal_id.clone();
     let mut outcome = Redriven::Failed;
     for _ in 0..CAS_TRIES {
@@ -614,6 +685,9 @@ async fn dead_letter(
         deliveries: delivered,
         dead_lettered_at: Some(now()),
         worker_id: worker.config.common.instance_id.clone(),
+        origin: message.origin(),
+        backend: message.backend().to_owned(),
+        ..Default::default()
     };
     if let Err(e) = worker.queue.publish_dead_letter(&dead).await {
         tracing::warn!(error = %e, "dead letter not stored; the item will be redelivered");
@@ -751,5 +825,88 @@ impl Drop for BusyGuard<'_> {
             .busy_seconds
             .with_label_values(&pool)
             .inc_by(self.since.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: Option<&str>) -> Vec<u8> {
+        WorkItem {
+            signal: id.map(|id| Signal {
+                id: id.to_owned(),
+                ..Default::default()
+            }),
+            attempt: 1,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn only_a_work_item_with_a_signal_id_is_runnable() {
+        let id = "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+        let ok = decode_work(&item(Some(id))).expect("runnable");
+        assert_eq!(ok.signal.unwrap().id, id);
+
+        let garbage = decode_work(&[0x0f, 0xde, 0xad]).unwrap_err();
+        assert!(garbage.starts_with("undecodable work item: "), "{garbage}");
+        assert!(garbage.contains("wire type"), "{garbage}");
+        // Valid protobuf of another type decodes, but carries no signal.
+        let other = WorkResult {
+            attempt: 2,
+            delivery_count: 3,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert_eq!(
+            decode_work(&other).unwrap_err(),
+            "undecodable work item: no signal"
+        );
+        assert_eq!(
+            decode_work(&[]).unwrap_err(),
+            "undecodable work item: no signal"
+        );
+        assert_eq!(
+            decode_work(&item(None)).unwrap_err(),
+            "undecodable work item: no signal"
+        );
+        assert_eq!(
+            decode_work(&item(Some(""))).unwrap_err(),
+            "undecodable work item: the signal has no id"
+        );
+        let bad = decode_work(&item(Some("sig-1"))).unwrap_err();
+        assert_eq!(
+            bad,
+            "undecodable work item: the signal id \"sig-1\" is not a UUID"
+        );
+        // A long id is shown cut short.
+        let long = decode_work(&item(Some(&"x".repeat(10_000)))).unwrap_err();
+        assert!(long.len() < 200, "{long}");
+    }
+
+    #[test]
+    fn a_poison_letter_keeps_a_bounded_prefix_and_the_full_size() {
+        let big = vec![7u8; tps_queue::POISON_RAW_LIMIT + 10];
+        let d = poison_letter(
+            "w1",
+            &big,
+            "undecodable work item: no signal",
+            "tps.work.fast.p2".into(),
+            "nats",
+            3,
+        );
+        assert!(d.item.is_none());
+        assert_eq!(d.raw.len(), tps_queue::POISON_RAW_LIMIT);
+        assert_eq!(d.size, big.len() as u64);
+        assert_eq!(
+            (d.origin.as_str(), d.backend.as_str(), d.deliveries),
+            ("tps.work.fast.p2", "nats", 3)
+        );
+        assert_eq!(d.reason, "undecodable work item: no signal");
+        assert_eq!(d.worker_id, "w1");
+        let small = poison_letter("w1", b"abc", "r", String::new(), "rabbitmq", 1);
+        assert_eq!((small.raw.as_slice(), small.size), (&b"abc"[..], 3));
     }
 }

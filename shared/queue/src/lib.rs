@@ -24,7 +24,9 @@ mod nats;
 pub use failover::{Backend, Failover, Published};
 pub use lines::{LINE_REPORT_EVERY, LINE_STALE_AFTER, line_key, report_lines};
 pub use names::Names;
-pub use nats::{ConnectOptions, Queue, QueueStats, StatusEntry, message_id};
+pub use nats::{
+    ConnectOptions, DeadLetters, POISON_RAW_LIMIT, Queue, QueueStats, StatusEntry, message_id,
+};
 
 /// What can go wrong talking to the queue.
 #[derive(Debug, thiserror::Error)]

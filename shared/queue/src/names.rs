@@ -59,6 +59,12 @@ impl Names {
         format!("{}.dlq.{}", self.prefix(), tps_domain::names::pool(pool))
     }
 
+    /// `tps.dlq.<pool>.poison`: dead letters of messages that did not decode
+    /// (no signal to replay), apart from the signals' own dead letters.
+    pub fn dlq_poison_subject(&self, pool: Pool) -> String {
+        format!("{}.poison", self.dlq_subject(pool))
+    }
+
     /// Every dead-letter subject: `tps.dlq.>`.
     pub fn dlq_subjects(&self) -> String {
         format!("{}.dlq.>", self.prefix())
@@ -153,6 +159,7 @@ mod tests {
         assert_eq!(n.work_stream(Pool::Fast), "TPS_WORK_FAST");
         assert_eq!(n.worker_consumer(Pool::Slow, 4), "worker-slow-p4");
         assert_eq!(n.dlq_subject(Pool::Fast), "tps.dlq.fast");
+        assert_eq!(n.dlq_poison_subject(Pool::Slow), "tps.dlq.slow.poison");
         assert_eq!(n.work_subject(Pool::Fast, 1), "tps.work.fast.p1");
         assert_eq!(n.work_filter(Pool::Slow), "tps.work.slow.>");
         assert_eq!(n.result_subject(Pool::Slow), "tps.result.slow");

@@ -44,6 +44,8 @@ pub struct ConnectOptions {
     /// settings (ack wait, max ack pending) are applied to existing
     /// consumers; other processes only create missing ones.
     pub works_pool: Option<Pool>,
+    /// TLS to the server: a `tls://` URL or `TPS_NATS_TLS_*`.
+    pub tls: tps_runtime::config::NatsTls,
 }
 
 impl ConnectOptions {
@@ -63,7 +65,22 @@ impl ConnectOptions {
             publish_timeout: common.publish_timeout,
             ack_wait: kanban.ack_wait,
             works_pool: None,
+            tls: common.nats_tls.clone(),
         }
+    }
+
+    /// async-nats' options with this connection's TLS settings: TLS
+    /// required (a `tls://` URL or any TLS setting), the root CA to check
+    /// the server against (else the system's roots), a client certificate.
+    fn nats_options(&self) -> async_nats::ConnectOptions {
+        let mut options = async_nats::ConnectOptions::new().require_tls(self.tls.required);
+        if let Some(ca) = &self.tls.ca {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &self.tls.client {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        options
     }
 }
 
@@ -76,9 +93,24 @@ pub struct QueueStats {
     pub in_flight: u64,
     /// Delivered more than once and not acked yet.
     pub redelivered: u64,
-    /// Held in the dead-letter stream.
+    /// Signals held in the dead-letter stream.
     pub dead_letters: u64,
+    /// Poison messages held in the dead-letter stream (not signals: they
+    /// cannot be replayed).
+    pub poison: u64,
 }
+
+/// Which dead letters a listing reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetters {
+    /// Every one: signals' and poison messages'.
+    All,
+    /// Only signals' (those Replay can run again).
+    Signals,
+}
+
+/// How much of a poison message a dead letter keeps.
+pub const POISON_RAW_LIMIT: usize = 64 * 1024;
 
 /// A status record and its revision in the bucket (for compare-and-set).
 #[derive(Debug, Clone)]
@@ -108,7 +140,8 @@ impl Queue {
         let deadline = tokio::time::Instant::now() + opts.connect_timeout;
         let mut wait = Duration::from_millis(100);
         let client = loop {
-            let attempt = async_nats::ConnectOptions::new()
+            let attempt = opts
+                .nats_options()
                 .name(&opts.client_name)
                 .connection_timeout(Duration::from_secs(2))
                 .connect(opts.url.as_str())
@@ -353,25 +386,59 @@ impl Queue {
         .map(|_| ())
     }
 
+    /// Publishes the dead letter of a poison message (one without a work
+    /// item) on `tps.dlq.<pool>.poison` and waits for JetStream to store it.
+    /// `key` names the delivery for the duplicate window, so a redelivery
+    /// of the same message after a lost ack is not stored twice.
+    pub async fn publish_poison(
+        &self,
+        pool: Pool,
+        key: &str,
+        dead: &DeadLetterItem,
+    ) -> Result<(), QueueError> {
+        self.ensure_connected()?;
+        if dead.item.is_some() {
+            return Err(broker("a poison dead letter has no work item"));
+        }
+        self.publish(
+            self.names.dlq_poison_subject(pool),
+            &format!("dlq.poison.{key}"),
+            &HashMap::new(),
+            dead.encode_to_vec().into(),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Dead letters (stream sequence and record), oldest first, of `pool`
     /// (or every pool), at most `limit`.
     pub async fn dead_letters(
         &self,
         pool: Option<Pool>,
         limit: usize,
+        which: DeadLetters,
     ) -> Result<Vec<(u64, DeadLetterItem)>, QueueError> {
         let stream = self
             .js
             .get_stream(self.names.dlq_stream())
             .await
             .map_err(broker)?;
+        let filter_subjects = match (pool, which) {
+            (None, DeadLetters::All) => vec![self.names.dlq_subjects()],
+            (Some(p), DeadLetters::All) => {
+                vec![self.names.dlq_subject(p), self.names.dlq_poison_subject(p)]
+            }
+            (None, DeadLetters::Signals) => [Pool::Fast, Pool::Slow]
+                .map(|p| self.names.dlq_subject(p))
+                .to_vec(),
+            (Some(p), DeadLetters::Signals) => vec![self.names.dlq_subject(p)],
+        };
         // A short-lived, unacknowledged reader: listing changes nothing.
         let reader = stream
             .create_consumer(consumer::pull::Config {
                 deliver_policy: consumer::DeliverPolicy::All,
                 ack_policy: consumer::AckPolicy::None,
-                filter_subject: pool
-                    .map_or_else(|| self.names.dlq_subjects(), |p| self.names.dlq_subject(p)),
+                filter_subjects,
                 inactive_threshold: Duration::from_secs(30),
                 ..Default::default()
             })
@@ -456,14 +523,39 @@ impl Queue {
             .get_stream(self.names.dlq_stream())
             .await
             .map_err(broker)?;
+        let signals = self.names.dlq_subject(pool);
         let mut subjects = dlq
-            .info_with_subjects(self.names.dlq_subject(pool))
+            .info_with_subjects(format!("{signals}.>"))
             .await
             .map_err(broker)?;
+        while let Some(subject) = subjects.next().await {
+            stats.poison += subject.map_err(broker)?.1 as u64;
+        }
+        let mut subjects = dlq.info_with_subjects(signals).await.map_err(broker)?;
         while let Some(subject) = subjects.next().await {
             stats.dead_letters += subject.map_err(broker)?.1 as u64;
         }
         Ok(stats)
+    }
+
+    /// Poison messages held in the dead-letter stream, of `pool` (or every pool).
+    pub async fn poison_held(&self, pool: Option<Pool>) -> Result<u64, QueueError> {
+        let dlq = self
+            .js
+            .get_stream(self.names.dlq_stream())
+            .await
+            .map_err(broker)?;
+        let mut held = 0;
+        for p in pool.map_or_else(|| vec![Pool::Fast, Pool::Slow], |p| vec![p]) {
+            let mut subjects = dlq
+                .info_with_subjects(self.names.dlq_poison_subject(p))
+                .await
+                .map_err(broker)?;
+            while let Some(subject) = subjects.next().await {
+                held += subject.map_err(broker)?.1 as u64;
+            }
+        }
+        Ok(held)
     }
 
     /// The status of a signal, if known.
