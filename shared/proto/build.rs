@@ -25,7 +25,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("tps_descriptor.bin"),
         compiler.encode_file_descriptor_set(),
     )?;
-    tonic_prost_build::configure().compile_fds(compiler.file_descriptor_set())?;
+    // Every client and server decodes through crate::codec: a request that
+    // does not decode is INVALID_ARGUMENT, not tonic-prost's INTERNAL.
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::TpsCodec")
+        .compile_fds(compiler.file_descriptor_set())?;
     println!("cargo:rerun-if-changed={}", root.display());
     Ok(())
 }

@@ -261,6 +261,17 @@ impl Service {
         self.log = log;
     }
 
+    /// Respawns with some variables changed (see [`Service::respawn`]), and
+    /// waits until it serves again.
+    pub async fn respawn_with(&mut self, changes: &[(&str, &str)]) {
+        for (var, value) in changes {
+            self.env.retain(|(k, _)| k != var);
+            self.env.push(((*var).to_owned(), (*value).to_owned()));
+        }
+        self.respawn();
+        self.wait_serving().await;
+    }
+
     /// SIGKILL: the process dies at once, mid-whatever, as in a crash.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

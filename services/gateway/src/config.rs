@@ -18,6 +18,8 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// `TPS_METRICS_ADDR`, default `0.0.0.0:9090`.
     pub metrics_addr: SocketAddr,
+    /// Per-client submit rate limit (`TPS_RATE_LIMIT_*`), off by default.
+    pub rate_limit: crate::ratelimit::RateLimitConfig,
 }
 
 impl Config {
@@ -30,6 +32,7 @@ impl Config {
             grpc_addr: env.addr("TPS_GRPC_ADDR", "0.0.0.0:50051")?,
             http_addr: env.addr("TPS_HTTP_ADDR", "0.0.0.0:8080")?,
             metrics_addr: env.addr("TPS_METRICS_ADDR", "0.0.0.0:9090")?,
+            rate_limit: crate::ratelimit::RateLimitConfig::from_env(env)?,
         })
     }
 
@@ -50,6 +53,9 @@ impl Config {
             "ack_wait_secs": self.kanban.ack_wait.as_secs_f64(),
             "retry_backoff_secs": self.kanban.retry_backoff.as_secs_f64(),
             "publish_timeout_secs": self.common.publish_timeout.as_secs_f64(),
+            "rate_limit_per_sec": self.rate_limit.per_sec,
+            "rate_limit_burst": self.rate_limit.burst,
+            "rate_limit_client": self.rate_limit.client_header.as_deref().unwrap_or("peer address"),
             "admin": if self.common.admin_token.is_set() { "enabled" } else { "disabled" },
             "andon_history": self.andon_history,
             "nats_url": redact_url(&self.common.nats_url),

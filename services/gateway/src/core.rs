@@ -41,6 +41,8 @@ pub struct Core {
     /// written to the status bucket when it is back (see [`Core::flush_pending`]).
     pub pending: std::sync::Mutex<Vec<SignalStatus>>,
     pub admin: tps_runtime::admin::AdminToken,
+    /// Per-client submit rate limit ([`crate::ratelimit`]).
+    pub limiter: crate::ratelimit::RateLimiter,
     pub metrics: Metrics,
     pub config: Config,
     pub started: Instant,
@@ -88,6 +90,16 @@ impl Core {
             span.in_scope(|| self.refused(e, labels));
         }
         result
+    }
+
+    /// Takes a submit token for `client`; a refusal is counted like any
+    /// other (`refused{reason="RATE_LIMITED"}`, the client is not a label).
+    pub fn admit_client(&self, client: &str) -> Result<(), ApiError> {
+        self.limiter.check(client).map_err(|retry_after| {
+            let e = ApiError::RateLimited { retry_after };
+            self.refused(&e, UNROUTED);
+            e
+        })
     }
 
     /// Counts and logs a refused submit (also for requests the HTTP facade

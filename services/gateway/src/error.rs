@@ -27,14 +27,29 @@ pub enum ApiError {
     Conflict(String),
     #[error("the {pool} queue is full; retry later")]
     QueueFull { pool: String },
+    #[error("rate limited: this client sends more than the gateway's limit; retry in {}s", whole_seconds(*.retry_after))]
+    RateLimited { retry_after: Duration },
+    #[error("request body too large: the limit is {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("unsupported content type {0:?}: send application/json")]
+    UnsupportedMediaType(String),
+    #[error("no such route: {0}")]
+    NoRoute(String),
+    #[error("method {method} not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
     #[error("the queue is unavailable: nothing was accepted or changed; retry later")]
     QueueUnavailable,
-    #[error("circuit open: the gateway is refusing work until the broker recovers; retry in {}s", .retry_after.as_secs().max(1))]
+    #[error("circuit open: the gateway is refusing work until the broker recovers; retry in {}s", whole_seconds(*.retry_after))]
     CircuitOpen { retry_after: Duration },
     #[error("not implemented yet: {0}")]
     Unimplemented(&'static str),
     #[error("internal error")]
     Internal,
+}
+
+/// Seconds for a Retry-After header: rounded up, at least 1.
+pub fn whole_seconds(d: Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
 fn describe(v: &[FieldViolation]) -> String {
@@ -51,7 +66,11 @@ impl ApiError {
             Self::NotFound(_) => Code::NotFound,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::Conflict(_) => Code::Aborted,
-            Self::QueueFull { .. } => Code::ResourceExhausted,
+            Self::QueueFull { .. } | Self::RateLimited { .. } => Code::ResourceExhausted,
+            Self::BodyTooLarge { .. } => Code::ResourceExhausted,
+            Self::UnsupportedMediaType(_) => Code::InvalidArgument,
+            Self::NoRoute(_) => Code::NotFound,
+            Self::MethodNotAllowed { .. } => Code::Unimplemented,
             Self::QueueUnavailable | Self::CircuitOpen { .. } => Code::Unavailable,
             Self::Unimplemented(_) => Code::Unimplemented,
             Self::Internal => Code::Internal,
@@ -66,6 +85,11 @@ impl ApiError {
             Self::FailedPrecondition(_) => "FAILED_PRECONDITION",
             Self::Conflict(_) => "CONFLICT",
             Self::QueueFull { .. } => "QUEUE_FULL",
+            Self::RateLimited { .. } => "RATE_LIMITED",
+            Self::BodyTooLarge { .. } => "BODY_TOO_LARGE",
+            Self::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
+            Self::NoRoute(_) => "NO_ROUTE",
+            Self::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             Self::QueueUnavailable => "QUEUE_UNAVAILABLE",
             Self::CircuitOpen { .. } => "CIRCUIT_OPEN",
             Self::Unimplemented(_) => "UNIMPLEMENTED",
@@ -78,12 +102,20 @@ impl ApiError {
         match self {
             Self::QueueFull { .. } => Some(Duration::from_secs(1)),
             Self::QueueUnavailable => Some(Duration::from_secs(5)),
-            Self::CircuitOpen { retry_after } => Some(*retry_after),
+            Self::CircuitOpen { retry_after } | Self::RateLimited { retry_after } => {
+                Some(*retry_after)
+            }
             _ => None,
         }
     }
 
     pub fn http_status(&self) -> StatusCode {
+        match self {
+            Self::BodyTooLarge { .. } => return StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => return StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::MethodNotAllowed { .. } => return StatusCode::METHOD_NOT_ALLOWED,
+            _ => {}
+        }
         match self.code() {
             Code::InvalidArgument => StatusCode::BAD_REQUEST,
             Code::NotFound => StatusCode::NOT_FOUND,
@@ -189,7 +221,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.http_status(), Json(self.body())).into_response();
         if let Some(after) = self.retry_after()
-            && let Ok(v) = after.as_secs().max(1).to_string().parse()
+            && let Ok(v) = whole_seconds(after).to_string().parse()
         {
             response.headers_mut().insert("retry-after", v);
         }

@@ -34,6 +34,17 @@ pub fn trace_context(metadata: &MetadataMap) -> HashMap<String, String> {
     tps_runtime::propagation::from_headers(|k| metadata.get(k).and_then(|v| v.to_str().ok()))
 }
 
+/// Who is calling, for the per-client rate limit ([`crate::ratelimit`]).
+fn client_of<T>(core: &SharedCore, request: &Request<T>) -> String {
+    core.limiter.client_key(
+        |name| {
+            let v = request.metadata().get(name)?;
+            v.to_str().ok().map(str::to_owned)
+        },
+        request.remote_addr().map(|a| a.ip()),
+    )
+}
+
 fn with_trace_header<T>(body: T, trace_id: &str) -> Response<T> {
     let mut response = Response::new(body);
     if let Ok(v) = trace_id.parse() {
@@ -48,6 +59,7 @@ impl SignalService for Signals {
         &self,
         request: Request<SubmitRequest>,
     ) -> Result<Response<SubmitResponse>, Status> {
+        self.0.admit_client(&client_of(&self.0, &request))?;
         let parent = trace_context(request.metadata());
         let accepted = self.0.submit(request.into_inner(), &parent).await?;
         let trace_id = accepted.trace_id.clone();
@@ -61,14 +73,20 @@ impl SignalService for Signals {
         request: Request<Streaming<SubmitRequest>>,
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
         let parent = trace_context(request.metadata());
+        let client = client_of(&self.0, &request);
         let core = self.0.clone();
         let requests = request.into_inner();
         let responses = requests.enumerate().then(move |(index, req)| {
             let core = core.clone();
             let parent = parent.clone();
+            let client = client.clone();
             async move {
                 let req = req?;
-                let result = match core.submit(req, &parent).await {
+                let submitted = match core.admit_client(&client) {
+                    Ok(()) => core.submit(req, &parent).await,
+                    Err(e) => Err(e),
+                };
+                let result = match submitted {
                     Ok(accepted) => submit_stream_response::Result::Accepted(accepted),
                     Err(e) => submit_stream_response::Result::Refused(refusal(&e)),
                 };
@@ -101,6 +119,7 @@ impl SignalService for Signals {
         &self,
         request: Request<RetryRequest>,
     ) -> Result<Response<SubmitResponse>, Status> {
+        self.0.admit_client(&client_of(&self.0, &request))?;
         let accepted = self.0.retry(&request.into_inner().id).await?;
         let trace_id = accepted.trace_id.clone();
         Ok(with_trace_header(accepted, &trace_id))

@@ -13,19 +13,21 @@
 //! | GET | / | an HTML page listing the API |
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde_json::{Value, json};
-use tps_domain::json::{status_view, submit_view, to_struct};
+use tps_domain::http_body::parse_submit;
+use tps_domain::json::{status_view, submit_view};
 use tps_domain::names;
 use tps_domain::validate::FieldViolation;
-use tps_proto::v1::{Pool, SubmitRequest};
+use tps_proto::v1::Pool;
 
 use crate::core::SharedCore;
 use crate::error::ApiError;
@@ -44,73 +46,10 @@ pub fn router(core: SharedCore) -> Router {
         .route("/info", get(info))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(core)
-}
-
-/// The body of POST /signal, as in the seed's examples.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SubmitBody {
-    signal_type: Option<String>,
-    priority: Option<i64>,
-    payload: Option<Value>,
-    timeout_ms: Option<i64>,
-    idempotency_key: Option<String>,
-    pool: Option<String>,
-}
-
-/// Turns the JSON body into the gRPC request; violations name JSON fields.
-fn to_request(body: SubmitBody) -> Result<SubmitRequest, ApiError> {
-    let mut bad = Vec::new();
-    let mut req = SubmitRequest::default();
-    match body.signal_type.as_deref().map(names::parse_signal_type) {
-        Some(Some(t)) => req.r#type = t as i32,
-        Some(None) => bad.push(FieldViolation::new(
-            "signal_type",
-            "must be validate, execute or report",
-        )),
-        None => bad.push(FieldViolation::new(
-            "signal_type",
-            "required: validate, execute or report",
-        )),
-    }
-    match body.priority {
-        None => {}
-        Some(p @ 1..=4) => req.priority = p as u32,
-        Some(p) => bad.push(FieldViolation::new(
-            "priority",
-            format!("must be 1 (critical) to 4 (low), got {p}"),
-        )),
-    }
-    match &body.payload {
-        None | Some(Value::Null) => {}
-        Some(v) => match to_struct(v) {
-            Some(s) => req.payload = Some(s),
-            None => bad.push(FieldViolation::new("payload", "must be a JSON object")),
-        },
-    }
-    match body.timeout_ms {
-        None => {}
-        Some(t) if (0..=i64::from(u32::MAX)).contains(&t) => req.timeout_ms = t as u32,
-        Some(_) => bad.push(FieldViolation::new(
-            "timeout_ms",
-            "must be a non-negative number of milliseconds",
-        )),
-    }
-    req.idempotency_key = body.idempotency_key.unwrap_or_default();
-    match body.pool.as_deref() {
-        None | Some("") => {}
-        Some(p) => match names::parse_pool(p) {
-            Some(pool) => req.pool = pool as i32,
-            None => bad.push(FieldViolation::new("pool", "must be fast or slow")),
-        },
-    }
-    if bad.is_empty() {
-        Ok(req)
-    } else {
-        Err(ApiError::Invalid(bad))
-    }
 }
 
 fn trace_context(headers: &HeaderMap) -> HashMap<String, String> {
@@ -127,29 +66,72 @@ fn accepted(body: Value, trace_id: &str) -> Response {
 
 async fn submit(
     State(core): State<SharedCore>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let request = parse_submit(&body).inspect_err(|e| core.refused(e, crate::core::UNROUTED))?;
+    core.admit_client(&client_of(&core, &headers, peer(&extensions)))?;
+    let request = check_content_type(&headers)
+        .and_then(|()| read_body(body))
+        .and_then(|body| parse_submit(&body).map_err(ApiError::Invalid))
+        .inspect_err(|e| core.refused(e, crate::core::UNROUTED))?;
     let response = core.submit(request, &trace_context(&headers)).await?;
     Ok(accepted(submit_view(&response), &response.trace_id))
 }
 
-/// The body of POST /signal as a SubmitRequest, or the reasons it is not one.
-fn parse_submit(body: &[u8]) -> Result<SubmitRequest, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::Invalid(vec![FieldViolation::new(
-            "body",
-            "empty: send a JSON object such as {\"signal_type\":\"validate\",\"payload\":{...}}",
-        )]));
+/// Content types POST /signal takes: JSON, or none given, or curl's default
+/// for `-d` (`application/x-www-form-urlencoded`), so the seed's habit of
+/// leaving out `-H` still works. The body must be JSON in every case.
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(axum::http::header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let raw = value.to_str().unwrap_or("");
+    let mime = raw
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let json = mime == "application/json"
+        || (mime.starts_with("application/") && mime.ends_with("+json"))
+        || mime == "application/x-www-form-urlencoded";
+    if json {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(
+            raw.chars().take(100).collect(),
+        ))
     }
-    let parsed: SubmitBody = serde_json::from_slice(body).map_err(|e| {
-        ApiError::Invalid(vec![FieldViolation::new(
-            "body",
-            format!("not a valid signal: {e}"),
-        )])
-    })?;
-    to_request(parsed)
+}
+
+/// The body, or 413 as JSON when it is over [`MAX_BODY_BYTES`].
+fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge {
+                limit: MAX_BODY_BYTES,
+            }
+        } else {
+            ApiError::Invalid(vec![FieldViolation::new(
+                "body",
+                format!("unreadable: {}", rejection.body_text()),
+            )])
+        }
+    })
+}
+
+/// Who is calling, for the per-client rate limit ([`crate::ratelimit`]).
+fn client_of(core: &SharedCore, headers: &HeaderMap, peer: Option<SocketAddr>) -> String {
+    core.limiter.client_key(
+        |name| headers.get(name)?.to_str().ok().map(str::to_owned),
+        peer.map(|a| a.ip()),
+    )
+}
+
+/// The peer's address, when the listener recorded it.
+fn peer(extensions: &axum::http::Extensions) -> Option<SocketAddr> {
+    extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0)
 }
 
 async fn signal_status(
@@ -161,8 +143,11 @@ async fn signal_status(
 
 async fn retry(
     State(core): State<SharedCore>,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    core.admit_client(&client_of(&core, &headers, peer(&extensions)))?;
     let response = core.retry(&id).await?;
     Ok(accepted(submit_view(&response), &response.trace_id))
 }
@@ -234,6 +219,18 @@ async fn metrics(State(core): State<SharedCore>) -> impl IntoResponse {
     tps_runtime::metrics::handler(State(core.metrics.registry.clone())).await
 }
 
+/// Unknown paths answer in the same JSON error shape as everything else.
+async fn no_route(uri: Uri) -> ApiError {
+    ApiError::NoRoute(uri.path().chars().take(200).collect())
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().chars().take(200).collect(),
+    }
+}
+
 async fn index() -> Html<&'static str> {
     Html(include_str!("index.html"))
 }
@@ -242,31 +239,32 @@ async fn index() -> Html<&'static str> {
 mod tests {
     use super::*;
 
-    fn body(v: Value) -> Result<SubmitRequest, ApiError> {
-        to_request(serde_json::from_value(v).unwrap())
+    fn headers(content_type: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", content_type.parse().unwrap());
+        h
     }
 
     #[test]
-    fn seed_body_converts() {
-        let r = body(json!({"signal_type": "validate", "priority": 2,
-            "payload": {"data": [1, 2, 3]}, "timeout_ms": 30000}))
-        .unwrap();
-        assert_eq!(r.r#type, tps_proto::v1::SignalType::Validate as i32);
-        assert_eq!((r.priority, r.timeout_ms), (2, 30000));
-    }
-
-    #[test]
-    fn bad_fields_are_named() {
-        let Err(ApiError::Invalid(v)) = body(json!({"signal_type": "dance", "priority": 7,
-            "payload": [1], "timeout_ms": -1, "pool": "medium"}))
-        else {
-            panic!("expected invalid")
-        };
-        let fields: Vec<_> = v.iter().map(|f| f.field.as_str()).collect();
-        assert_eq!(
-            fields,
-            ["signal_type", "priority", "payload", "timeout_ms", "pool"]
-        );
-        assert!(serde_json::from_value::<SubmitBody>(json!({"signal_typo": "x"})).is_err());
+    fn json_and_curls_default_are_taken_other_types_are_415() {
+        assert!(check_content_type(&HeaderMap::new()).is_ok());
+        for ok in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON",
+            "application/merge-patch+json",
+            "application/x-www-form-urlencoded",
+        ] {
+            assert!(check_content_type(&headers(ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            "text/xml",
+            "multipart/form-data; boundary=x",
+            "text/plain",
+            "",
+        ] {
+            let e = check_content_type(&headers(bad)).unwrap_err();
+            assert_eq!(e.http_status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{bad}");
+        }
     }
 }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod ratelimit;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,6 +58,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         failover,
         pending: std::sync::Mutex::new(Vec::new()),
         admin: config.common.admin_token.clone(),
+        limiter: ratelimit::RateLimiter::new(config.rate_limit.clone()),
         queue,
         metrics: metrics.clone(),
         config: config.clone(),

@@ -4,6 +4,7 @@
 //! I/O, so every rule is unit-tested directly.
 
 pub mod andon;
+pub mod http_body;
 pub mod json;
 pub mod names;
 pub mod routing;

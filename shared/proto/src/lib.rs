@@ -3,6 +3,8 @@
 
 #![allow(clippy::all)] // generated code
 
+pub mod codec;
+
 pub mod v1 {
     tonic::include_proto!("tps.v1");
 }

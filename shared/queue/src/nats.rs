@@ -247,7 +247,7 @@ impl Queue {
         let status = ensure_bucket(&js, &names.status_bucket()).await?;
         let lines = crate::lines::ensure_bucket(&js, &names.lines_bucket()).await?;
         tracing::info!(
-            url = %opts.url,
+            url = %tps_runtime::config::redact_url(&opts.url),
             work = %names.work_stream(Pool::Fast),
             results = %names.results_stream(),
             status = %names.status_bucket(),
