@@ -70,7 +70,10 @@ async fn idle_and_trickling_connections_are_closed_and_requests_still_work() {
         closed_after(http, b"POST /signal HTTP/1.1\r\nhost: gw\r\ncontent-ty"),
         closed_after(grpc, b""),
         closed_after(grpc, b"PRI * HTTP/2.0\r\n"),
-        closed_after(stack.aggregator.addr("board"), b"GET /api/board HTTP/1.1\r\n"),
+        closed_after(
+            stack.aggregator.addr("board"),
+            b"GET /api/board HTTP/1.1\r\n"
+        ),
     );
     assert_near_limit(http_silent, "HTTP, nothing sent");
     assert_near_limit(http_partial, "HTTP, half a header");

@@ -64,8 +64,36 @@ fn parse_traceparent(raw: &str) -> Result<String, String> {
     }
 }
 
+/// `--ca-cert` (or `TPS_TLS_CA`), read once at start.
+static CA_CERT: std::sync::OnceLock<tonic::transport::Certificate> = std::sync::OnceLock::new();
+
+/// Reads the PEM root CA every `https://` channel checks its server against.
+pub fn set_ca_cert(path: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        let pem = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("--ca-cert {}: {e}", path.display()))?;
+        let _ = CA_CERT.set(tonic::transport::Certificate::from_pem(pem));
+    }
+    Ok(())
+}
+
+/// The endpoint for `addr`: plaintext for `http://`, TLS for `https://`
+/// (checked against `--ca-cert`, else the system's roots).
+pub fn endpoint(addr: &str) -> anyhow::Result<tonic::transport::Endpoint> {
+    let endpoint = Channel::from_shared(addr.to_owned())?;
+    if !addr.starts_with("https://") {
+        return Ok(endpoint);
+    }
+    let tls = tonic::transport::ClientTlsConfig::new();
+    let tls = match CA_CERT.get() {
+        Some(ca) => tls.ca_certificate(ca.clone()),
+        None => tls.with_native_roots(),
+    };
+    Ok(endpoint.tls_config(tls)?)
+}
+
 pub async fn connect_channel(addr: &str) -> anyhow::Result<Channel> {
-    Channel::from_shared(addr.to_owned())?
+    endpoint(addr)?
         .connect()
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach {addr}: {e}"))
@@ -187,7 +215,7 @@ pub async fn health(addr: &str, service: &str) -> anyhow::Result<i32> {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
-    let channel = Channel::from_shared(addr.to_owned())?
+    let channel = endpoint(addr)?
         .connect_timeout(std::time::Duration::from_secs(2))
         .timeout(std::time::Duration::from_secs(3))
         .connect()

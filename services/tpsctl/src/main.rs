@@ -13,6 +13,7 @@
 //! tpsctl kaizen [--window 5m] [--json]                # the Kaizen report (aggregator)
 //! tpsctl load [--rate 100 --duration 60s | --shape spike|stress|ramp] [--concurrency N] [--json|--csv]
 //! tpsctl health [--addr http://127.0.0.1:50052] [--service tps.v1.PoolService]   # grpc health: exit 0 SERVING
+//! tpsctl --gateway https://gw.example:50051 --ca-cert ca.pem get <id>        # a gateway run with TLS
 //! ```
 //!
 //! Output is JSON (one object per line for `watch`; one ledger line per
@@ -53,6 +54,10 @@ struct Cli {
     /// The admin token for mutating operator calls.
     #[arg(long, global = true, env = "TPS_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// PEM root CA to check an `https://` server against (a gateway, worker
+    /// or aggregator run with TPS_TLS_CERT); without it, the system's roots.
+    #[arg(long, global = true, env = "TPS_TLS_CA")]
+    ca_cert: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -119,6 +124,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    commands::set_ca_cert(cli.ca_cert.as_deref())?;
     let code = match cli.command {
         Command::Submit(args) => commands::submit(&cli.gateway, args).await,
         Command::Get { id } => commands::get(&cli.gateway, &id).await,

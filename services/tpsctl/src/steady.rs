@@ -28,11 +28,11 @@ const SETTLE_CONCURRENCY: usize = 32;
 /// Pause between two settle rounds.
 const SETTLE_POLL: Duration = Duration::from_millis(500);
 
-/// A lazily connected channel to a gateway (`http://host:port`); it
-/// reconnects by itself, so a gateway restarted on the same address is
-/// picked up.
+/// A lazily connected channel to a gateway (`http://host:port`, or
+/// `https://` with TLS); it reconnects by itself, so a gateway restarted on
+/// the same address is picked up.
 pub fn channel(gateway: &str) -> anyhow::Result<Channel> {
-    Ok(Channel::from_shared(gateway.to_owned())?
+    Ok(crate::commands::endpoint(gateway)?
         .connect_timeout(Duration::from_secs(1))
         .connect_lazy())
 }

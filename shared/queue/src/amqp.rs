@@ -73,10 +73,32 @@ impl Rabbit {
         buffer_per_pool: u32,
         timeout: Duration,
     ) -> Result<Self, QueueError> {
+        Self::connect_tls(url, names, client_name, buffer_per_pool, timeout, None).await
+    }
+
+    /// [`Rabbit::connect`], checking an `amqps://` server's certificate
+    /// against `tls_ca` (PEM, `TPS_AMQP_TLS_CA`) besides the system's roots.
+    pub async fn connect_tls(
+        url: &str,
+        names: Names,
+        client_name: &str,
+        buffer_per_pool: u32,
+        timeout: Duration,
+        tls_ca: Option<&str>,
+    ) -> Result<Self, QueueError> {
         let properties = ConnectionProperties::default().with_connection_name(client_name.into());
-        let connection = Connection::connect(url, properties)
-            .await
-            .map_err(unavailable)?;
+        let connection = match tls_ca {
+            None => Connection::connect(url, properties).await,
+            Some(pem) => {
+                let tls = lapin::tcp::OwnedTLSConfig {
+                    identity: None,
+                    cert_chain: Some(pem.to_owned()),
+                };
+                let runtime = lapin::runtime::default_runtime().map_err(unavailable)?;
+                Connection::connect_with_config(url, properties, tls, runtime).await
+            }
+        }
+        .map_err(unavailable)?;
         let publisher = connection.create_channel().await.map_err(unavailable)?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
@@ -362,6 +384,8 @@ pub struct Fallback {
     client_name: String,
     buffer_per_pool: u32,
     timeout: Duration,
+    /// `TPS_AMQP_TLS_CA`: the PEM an `amqps://` server is checked against.
+    tls_ca: Option<String>,
     current: Mutex<Option<Arc<Rabbit>>>,
     /// Held while connecting; when the last attempt ended and how.
     connecting: tokio::sync::Mutex<Option<(Instant, String)>>,
@@ -374,6 +398,7 @@ impl Fallback {
         client_name: &str,
         buffer_per_pool: u32,
         timeout: Duration,
+        tls_ca: Option<String>,
     ) -> Arc<Self> {
         Arc::new(Self {
             url: url.to_owned(),
@@ -381,6 +406,7 @@ impl Fallback {
             client_name: client_name.to_owned(),
             buffer_per_pool,
             timeout,
+            tls_ca,
             current: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(None),
         })
@@ -400,6 +426,7 @@ impl Fallback {
                 &format!("{service} {}", common.instance_id),
                 kanban.buffer,
                 common.publish_timeout,
+                common.amqp_tls_ca.clone(),
             )
         })
     }
@@ -442,12 +469,13 @@ impl Fallback {
         }
         let attempt = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            Rabbit::connect(
+            Rabbit::connect_tls(
                 &self.url,
                 self.names.clone(),
                 &self.client_name,
                 self.buffer_per_pool,
                 self.timeout,
+                self.tls_ca.as_deref(),
             ),
         )
         .await
