@@ -95,6 +95,20 @@ clean: ## Stop a background run-local, then cargo clean and remove .run/
 	rm -rf .run
 endif
 
+##@ Security (docs/fuzzing.md, docs/supply-chain.md)
+
+# fuzz/ is a cargo-fuzz crate of its own, outside the workspace: make test
+# never builds it. Nightly when rustup has it, else stable + RUSTC_BOOTSTRAP=1.
+FUZZ_SECONDS ?= 60
+FUZZ_NICE    ?= 19
+.PHONY: fuzz audit
+
+fuzz: ## Run every fuzz target for FUZZ_SECONDS (default 60) each at low priority (nice); fails on a crash (installs cargo-fuzz if missing)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) nice -n $(FUZZ_NICE) bash fuzz/run.sh
+
+audit: ## cargo deny: licenses, bans, sources (must pass), then advisories when the RustSec database can be fetched
+	bash scripts/audit.sh
+
 ##@ Observe (the gateway HTTP facade; GATEWAY_HTTP=http://127.0.0.1:8080 by default)
 
 health: ## GET /health on the gateway
