@@ -126,3 +126,53 @@ pub fn same_work_item(a: &WorkItem, b: &WorkItem) {
     assert_eq!(a.enqueued_at, b.enqueued_at);
     assert_eq!(a.trace_context, b.trace_context);
 }
+
+#[cfg(test)]
+mod tests {
+    //! The checks are not vacuous: each refuses what it exists to refuse.
+    use super::*;
+
+    fn valid() -> ValidSubmit {
+        validate::submit(&SubmitRequest {
+            r#type: SignalType::Validate as i32,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_valid_request_passes() {
+        check_valid(&valid());
+    }
+
+    #[test]
+    #[should_panic(expected = "priority")]
+    fn catches_a_bad_priority() {
+        check_valid(&ValidSubmit {
+            priority: 5,
+            ..valid()
+        });
+    }
+
+    #[test]
+    #[should_panic(expected = "key")]
+    fn catches_a_bad_key() {
+        check_valid(&ValidSubmit {
+            idempotency_key: Some("a b".into()),
+            ..valid()
+        });
+    }
+
+    #[test]
+    #[should_panic(expected = "depth")]
+    fn catches_a_deep_payload() {
+        let mut deep = serde_json::json!({});
+        for _ in 0..MAX_PAYLOAD_DEPTH {
+            deep = serde_json::json!({ "n": deep });
+        }
+        check_valid(&ValidSubmit {
+            payload: tps_domain::json::to_struct(&deep).unwrap(),
+            ..valid()
+        });
+    }
+}
