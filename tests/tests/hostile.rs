@@ -28,6 +28,18 @@ fn valid() -> SubmitRequest {
     }
 }
 
+/// (name, method, path, content type, body, status, code, first field).
+type HttpCase<'a> = (
+    &'a str,
+    &'a str,
+    String,
+    Option<&'a str>,
+    Vec<u8>,
+    u16,
+    &'a str,
+    &'a str,
+);
+
 /// What a refusal must look like: its gRPC code, and the first field the
 /// BadRequest details name (or the ErrorInfo reason when there is no field).
 struct GrpcCase {
@@ -370,7 +382,7 @@ async fn a_table_of_malformed_requests_is_refused_and_the_gateway_keeps_serving(
     let big_payload =
         json!({"signal_type": "validate", "payload": {"blob": "x".repeat(70 * 1024)}}).to_string();
     #[rustfmt::skip]
-    let http_cases: Vec<(&str, &str, String, Option<&str>, Vec<u8>, u16, &str, &str)> = vec![
+    let http_cases: Vec<HttpCase> = vec![
         // (name, method, path, content type, body, status, code, field)
         ("empty body", "POST", "/signal".into(), Some("application/json"), b"".to_vec(), 400, "INVALID_ARGUMENT", "body"),
         ("whitespace body", "POST", "/signal".into(), Some("application/json"), b" \n\t ".to_vec(), 400, "INVALID_ARGUMENT", "body"),
@@ -550,6 +562,20 @@ async fn a_client_over_its_rate_limit_is_told_when_to_retry_and_others_are_not_h
         (Some("RESOURCE_EXHAUSTED"), Some("RATE_LIMITED"))
     );
     assert_eq!(post("carol").await.unwrap().status(), 202);
+
+    // Without the header the client is the peer's address, on both
+    // transports: three from 127.0.0.1 over HTTP, then 127.0.0.1 is out.
+    let anonymous = || {
+        http.post(format!("{}/signal", stack.http()))
+            .json(&json!({"signal_type": "validate", "payload": {}}))
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(anonymous().await.unwrap().status(), 202);
+    }
+    assert_eq!(anonymous().await.unwrap().status(), 429);
+    let refused = signals.submit(valid()).await.expect_err("same peer");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
 
     // After the refill, alice is served again.
     tokio::time::sleep(retry + Duration::from_millis(200)).await;

@@ -95,8 +95,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let standard = rpc::standard_services(&["tps.v1.AndonService", "tps.v1.KaizenService"])?;
     let routes = standard
         .routes
-        .add_service(AndonServiceServer::new(grpc::Andon(engine.clone())))
-        .add_service(KaizenServiceServer::new(grpc::Kaizen(engine.clone())));
+        .add_service(
+            AndonServiceServer::new(grpc::Andon(engine.clone()))
+                .max_decoding_message_size(rpc::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(rpc::MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            KaizenServiceServer::new(grpc::Kaizen(engine.clone()))
+                .max_decoding_message_size(rpc::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(rpc::MAX_MESSAGE_BYTES),
+        );
     let (listener, grpc_addr) = rpc::bind(config.grpc_addr).await?;
     let metrics_addr = tps_runtime::metrics::serve(
         config.metrics_addr,

@@ -135,12 +135,20 @@ impl SignalService for Signals {
             0 => DEFAULT_DEAD_LETTER_LIMIT,
             n => (n as usize).min(MAX_DEAD_LETTER_LIMIT),
         };
+        // Oldest first, and no more than fit in one answer under the
+        // transport's message limit (payloads and poison bytes are up to
+        // 64 KiB each): a caller asking for 1000 gets what fits.
+        let mut size = 0;
         let dead_letters = self
             .0
             .dead_letters(pool, limit)
             .await?
             .into_iter()
             .map(|(_, d)| d)
+            .take_while(|d| {
+                size += prost::Message::encoded_len(d) + 8;
+                size <= MAX_LIST_BYTES
+            })
             .collect();
         Ok(Response::new(ListDeadLettersResponse { dead_letters }))
     }
@@ -158,6 +166,8 @@ impl SignalService for Signals {
 
 const DEFAULT_DEAD_LETTER_LIMIT: usize = 100;
 const MAX_DEAD_LETTER_LIMIT: usize = 1000;
+/// The most a ListDeadLetters answer holds, below the 1 MiB message limit.
+const MAX_LIST_BYTES: usize = tps_runtime::grpc::MAX_MESSAGE_BYTES - 64 * 1024;
 
 fn pool_filter(pool: i32) -> Result<Option<Pool>, Status> {
     match Pool::try_from(pool) {

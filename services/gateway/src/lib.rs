@@ -74,7 +74,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
                 .max_decoding_message_size(rpc::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(rpc::MAX_MESSAGE_BYTES),
         )
-        .add_service(AdminServiceServer::new(grpc::Admin(core.clone())));
+        .add_service(
+            AdminServiceServer::new(grpc::Admin(core.clone()))
+                .max_decoding_message_size(rpc::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(rpc::MAX_MESSAGE_BYTES),
+        );
 
     let (grpc_listener, grpc_addr) = rpc::bind(config.grpc_addr).await?;
     let http_listener = tokio::net::TcpListener::bind(config.http_addr).await?;

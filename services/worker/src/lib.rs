@@ -175,9 +175,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     });
 
     let standard = rpc::standard_services(&["tps.v1.PoolService"])?;
-    let routes = standard
-        .routes
-        .add_service(PoolServiceServer::new(grpc::PoolApi(worker.clone())));
+    let routes = standard.routes.add_service(
+        PoolServiceServer::new(grpc::PoolApi(worker.clone()))
+            .max_decoding_message_size(rpc::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(rpc::MAX_MESSAGE_BYTES),
+    );
     let (listener, grpc_addr) = rpc::bind(config.grpc_addr).await?;
     let metrics_addr = tps_runtime::metrics::serve(
         config.metrics_addr,

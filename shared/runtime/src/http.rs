@@ -37,15 +37,17 @@ use crate::transport::Acceptor;
 /// What a request that hit a limit gets: 504 after the request timeout,
 /// 503 (with Retry-After) when too many are in flight.
 async fn limit_response(err: BoxError) -> Response {
-    let (status, code, message) = if err.is::<tower::timeout::error::Elapsed>() {
+    let (status, code, reason, message) = if err.is::<tower::timeout::error::Elapsed>() {
         (
             StatusCode::GATEWAY_TIMEOUT,
+            "DEADLINE_EXCEEDED",
             "REQUEST_TIMEOUT",
             "the request took longer than the server allows",
         )
     } else if err.is::<tower::load_shed::error::Overloaded>() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
             "OVERLOADED",
             "too many requests in flight; retry later",
         )
@@ -54,14 +56,19 @@ async fn limit_response(err: BoxError) -> Response {
         (
             StatusCode::INTERNAL_SERVER_ERROR,
             "INTERNAL",
+            "INTERNAL",
             "internal error",
         )
     };
+    // The same shape as the gateway's errors (docs/api.md, "Errors").
     let mut response = (
         status,
         axum::Json(serde_json::json!({
             "success": false,
-            "error": {"code": code, "message": message},
+            "code": code,
+            "reason": reason,
+            "message": message,
+            "details": [],
         })),
     )
         .into_response();
@@ -108,6 +115,19 @@ pub async fn serve(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let peer = accepted.remote_addr();
+            // The peer's address for handlers (`ConnectInfo<SocketAddr>`,
+            // as axum's own serve provides it): the gateway's rate limit.
+            let service = tower::ServiceExt::map_request(
+                service,
+                move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                    if let Some(peer) = peer {
+                        request
+                            .extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
+                    }
+                    request
+                },
+            );
             let conn = match accepted.handshake().await {
                 Ok(conn) => conn,
                 Err(e) => {
