@@ -1,4 +1,4 @@
-//! Transport limits on the real binaries (docs/security-transport.md):
+//! Transport limits on the real binaries (docs/security.md):
 //! with a 1 s handshake deadline, header-read timeout and request timeout
 //! set by environment, a raw TCP connection to the gateway's HTTP or gRPC
 //! port that sends nothing, or only part of a request, is closed after

@@ -1,4 +1,4 @@
-//! TLS end to end (docs/security-transport.md): a self-signed certificate
+//! TLS end to end (docs/security.md): a self-signed certificate
 //! made here with rcgen, a private nats-server that accepts TLS clients only,
 //! and the real gateway and fast worker started with `TPS_TLS_CERT` /
 //! `TPS_TLS_KEY` (their listeners) and `NATS_URL=tls://…` with

@@ -288,7 +288,7 @@ impl CommonConfig {
 }
 
 /// The limits every listener applies: the gRPC server, the HTTP facade, the
-/// board and /metrics (docs/security-transport.md). Each has a default
+/// board and /metrics (docs/security.md). Each has a default
 /// chosen on purpose and an environment override.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

@@ -52,7 +52,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
 /// Serves `routes` on `listener` until `shutdown` is cancelled, then lets
 /// in-flight calls finish. Every limit is set here, once, from
 /// `transport` (see [`crate::config::Limits`] and
-/// docs/security-transport.md): connections per listener, the handshake
+/// docs/security.md): connections per listener, the handshake
 /// deadline (TLS and the HTTP/2 preface), TCP_NODELAY and TCP keepalive
 /// ([`crate::transport`]); HTTP/2 max concurrent streams and keepalive
 /// PINGs; a per-call timeout; and the calls in flight, beyond which a call
