@@ -94,8 +94,12 @@ impl Core {
 
     /// Takes a submit token for `client`; a refusal is counted like any
     /// other (`refused{reason="RATE_LIMITED"}`, the client is not a label).
-    pub fn admit_client(&self, client: &str) -> Result<(), ApiError> {
-        self.limiter.check(client).map_err(|retry_after| {
+    /// `client` is only asked for when a limit is set (no work otherwise).
+    pub fn admit_client(&self, client: impl FnOnce() -> String) -> Result<(), ApiError> {
+        if !self.limiter.config().enabled() {
+            return Ok(());
+        }
+        self.limiter.check(&client()).map_err(|retry_after| {
             let e = ApiError::RateLimited { retry_after };
             self.refused(&e, UNROUTED);
             e

@@ -59,7 +59,7 @@ impl SignalService for Signals {
         &self,
         request: Request<SubmitRequest>,
     ) -> Result<Response<SubmitResponse>, Status> {
-        self.0.admit_client(&client_of(&self.0, &request))?;
+        self.0.admit_client(|| client_of(&self.0, &request))?;
         let parent = trace_context(request.metadata());
         let accepted = self.0.submit(request.into_inner(), &parent).await?;
         let trace_id = accepted.trace_id.clone();
@@ -82,7 +82,7 @@ impl SignalService for Signals {
             let client = client.clone();
             async move {
                 let req = req?;
-                let submitted = match core.admit_client(&client) {
+                let submitted = match core.admit_client(|| client.clone()) {
                     Ok(()) => core.submit(req, &parent).await,
                     Err(e) => Err(e),
                 };
@@ -119,7 +119,7 @@ impl SignalService for Signals {
         &self,
         request: Request<RetryRequest>,
     ) -> Result<Response<SubmitResponse>, Status> {
-        self.0.admit_client(&client_of(&self.0, &request))?;
+        self.0.admit_client(|| client_of(&self.0, &request))?;
         let accepted = self.0.retry(&request.into_inner().id).await?;
         let trace_id = accepted.trace_id.clone();
         Ok(with_trace_header(accepted, &trace_id))

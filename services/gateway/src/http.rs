@@ -70,7 +70,7 @@ async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    core.admit_client(&client_of(&core, &headers, peer(&extensions)))?;
+    core.admit_client(|| client_of(&core, &headers, peer(&extensions)))?;
     let request = check_content_type(&headers)
         .and_then(|()| read_body(body))
         .and_then(|body| parse_submit(&body).map_err(ApiError::Invalid))
@@ -147,7 +147,7 @@ async fn retry(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    core.admit_client(&client_of(&core, &headers, peer(&extensions)))?;
+    core.admit_client(|| client_of(&core, &headers, peer(&extensions)))?;
     let response = core.retry(&id).await?;
     Ok(accepted(submit_view(&response), &response.trace_id))
 }

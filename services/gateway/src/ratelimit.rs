@@ -131,10 +131,18 @@ impl RateLimiter {
         } else {
             OVERFLOW
         };
-        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket {
-            tokens: burst,
-            at: now,
-        });
+        if !buckets.contains_key(key) {
+            buckets.insert(
+                key.to_owned(),
+                Bucket {
+                    tokens: burst,
+                    at: now,
+                },
+            );
+        }
+        let Some(bucket) = buckets.get_mut(key) else {
+            return Ok(());
+        };
         bucket.tokens =
             (bucket.tokens + rate * now.duration_since(bucket.at).as_secs_f64()).min(burst);
         bucket.at = now;
