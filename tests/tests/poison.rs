@@ -376,3 +376,45 @@ async fn poison_messages_on_either_broker_are_dead_lettered_and_the_worker_keeps
         "the worker still runs"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_listing_stops_at_one_answers_worth_of_bytes() {
+    let stack = Stack::start().await;
+    let names = Names::new(&stack.namespace);
+    let nats = async_nats::connect(&stack.nats.url).await.expect("NATS");
+    let js = async_nats::jetstream::new(nats);
+    // 24 poison messages of 60 KiB: 1.4 MiB of dead letters, more than one
+    // 1 MiB answer holds.
+    for i in 0..24u8 {
+        let mut junk = vec![0xff; 60 * 1024];
+        junk[0] = i;
+        publish_nats(&js, &names.work_subject(Pool::Fast, 3), junk).await;
+    }
+    eventually(Duration::from_secs(30), "24 poison metrics", || async {
+        let m = stack.worker_fast.metrics().await;
+        let n: f64 = m
+            .lines()
+            .filter(|l| l.starts_with("tps_worker_poison_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        (n >= 24.0).then_some(())
+    })
+    .await;
+    let listed = stack
+        .signals()
+        .await
+        .list_dead_letters(ListDeadLettersRequest {
+            pool: Pool::Fast as i32,
+            limit: 1000,
+        })
+        .await
+        .expect("a listing that fits, not OUT_OF_RANGE")
+        .into_inner()
+        .dead_letters;
+    assert!(
+        (10..24).contains(&listed.len()),
+        "the oldest that fit in 1 MiB, not all 24: {}",
+        listed.len()
+    );
+    assert_eq!(listed[0].raw[0], 0, "oldest first");
+}

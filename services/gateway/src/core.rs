@@ -21,8 +21,10 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
-/// The most dead letters one Replay call handles.
+/// The most dead letters one Replay call handles: 10 000, or 64 MiB of
+/// them (payloads are up to 64 KiB); call again for the rest.
 const REPLAY_LIMIT: usize = 10_000;
+const REPLAY_BYTES: usize = 64 * 1024 * 1024;
 
 /// Idempotency keys map to ids in this UUID v5 namespace.
 const IDEMPOTENCY_NAMESPACE: uuid::Uuid =
@@ -487,22 +489,31 @@ impl Core {
 
     /// Dead letters of `pool` (or all pools), oldest first: signals' and
     /// poison messages' (those have no status: nothing to replay).
+    /// At most about `max_bytes` of them: anyone may list, so one call
+    /// must not make the gateway read the whole stream.
     pub async fn dead_letters(
         &self,
         pool: Option<Pool>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<(u64, tps_proto::v1::DeadLetter)>, ApiError> {
-        self.read_dead_letters(pool, limit, DeadLetters::All).await
+        self.read_dead_letters(pool, limit, max_bytes, DeadLetters::All)
+            .await
     }
 
     async fn read_dead_letters(
         &self,
         pool: Option<Pool>,
         limit: usize,
+        max_bytes: usize,
         which: DeadLetters,
     ) -> Result<Vec<(u64, tps_proto::v1::DeadLetter)>, ApiError> {
         let mut out = Vec::new();
-        for (seq, dead) in self.queue.dead_letters(pool, limit, which).await? {
+        for (seq, dead) in self
+            .queue
+            .dead_letters(pool, limit, max_bytes, which)
+            .await?
+        {
             let item = dead.item.clone().unwrap_or_default();
             let signal = item.signal.clone().unwrap_or_default();
             let listed = tps_proto::v1::DeadLetter {
@@ -567,7 +578,7 @@ impl Core {
         let mut replayed = 0;
         let mut skipped: u64 = 0;
         for (seq, dead) in self
-            .read_dead_letters(pool, REPLAY_LIMIT, DeadLetters::Signals)
+            .read_dead_letters(pool, REPLAY_LIMIT, REPLAY_BYTES, DeadLetters::Signals)
             .await?
         {
             let Some(previous) = dead.status else {

@@ -136,13 +136,12 @@ impl ApiError {
                 .collect(),
             _ => Vec::new(),
         };
-        serde_json::json!({
-            "success": false,
-            "code": code_name(self.code()),
-            "reason": self.reason(),
-            "message": self.to_string(),
-            "details": details,
-        })
+        tps_runtime::http::error_body(
+            code_name(self.code()),
+            self.reason(),
+            &self.to_string(),
+            details,
+        )
     }
 }
 

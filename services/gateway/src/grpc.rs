@@ -73,7 +73,12 @@ impl SignalService for Signals {
         request: Request<Streaming<SubmitRequest>>,
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
         let parent = trace_context(request.metadata());
-        let client = client_of(&self.0, &request);
+        // Worked out once per stream, and only when a limit is set.
+        let client = if self.0.limiter.config().enabled() {
+            client_of(&self.0, &request)
+        } else {
+            String::new()
+        };
         let core = self.0.clone();
         let requests = request.into_inner();
         let responses = requests.enumerate().then(move |(index, req)| {
@@ -141,7 +146,7 @@ impl SignalService for Signals {
         let mut size = 0;
         let dead_letters = self
             .0
-            .dead_letters(pool, limit)
+            .dead_letters(pool, limit, MAX_LIST_BYTES)
             .await?
             .into_iter()
             .map(|(_, d)| d)

@@ -1,6 +1,7 @@
 //! Per-client rate limiting on submit: one token bucket per client. A client
-//! is the peer's IP address, or, behind a proxy that sets it, the value of a
-//! configured header (`TPS_RATE_LIMIT_CLIENT_HEADER`). Each submit takes a
+//! is the peer's IP address (an IPv6 peer by its /64: one host can hold a
+//! whole /64), or, behind a proxy that sets it, the value of a configured
+//! header (`TPS_RATE_LIMIT_CLIENT_HEADER`). Each submit takes a
 //! token; a client with none left is refused with RESOURCE_EXHAUSTED
 //! (`RATE_LIMITED` + RetryInfo; HTTP 429 + Retry-After) before the request
 //! is even parsed. Off unless `TPS_RATE_LIMIT_PER_SEC` is set.
@@ -19,6 +20,10 @@ const MAX_CLIENTS: usize = 100_000;
 const MAX_KEY: usize = 128;
 /// The shared bucket's key when the table is full.
 const OVERFLOW: &str = "(overflow)";
+/// How often a full table may be swept for idle clients: a sweep walks the
+/// whole table under the lock, so a flood of new keys must not trigger one
+/// per request.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RateLimitConfig {
@@ -33,17 +38,24 @@ pub struct RateLimitConfig {
 impl RateLimitConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let per_sec: f64 = env.bounded("TPS_RATE_LIMIT_PER_SEC", 0.0, 0.0, 1e9)?;
+        if per_sec > 0.0 && per_sec < 0.001 {
+            return Err(ConfigError::new(
+                "TPS_RATE_LIMIT_PER_SEC",
+                &per_sec.to_string(),
+                "0 (off) or at least 0.001",
+            ));
+        }
         let burst = env.bounded("TPS_RATE_LIMIT_BURST", per_sec.max(1.0), 1.0, 1e9)?;
         for (var, v) in [
             ("TPS_RATE_LIMIT_PER_SEC", per_sec),
             ("TPS_RATE_LIMIT_BURST", burst),
         ] {
             if !v.is_finite() {
-                return Err(ConfigError {
-                    var: var.into(),
-                    value: v.to_string(),
-                    reason: "must be a finite number".into(),
-                });
+                return Err(ConfigError::new(
+                    var,
+                    &v.to_string(),
+                    "must be a finite number",
+                ));
             }
         }
         let client_header = env
@@ -53,11 +65,11 @@ impl RateLimitConfig {
         if let Some(h) = &client_header
             && axum::http::HeaderName::from_bytes(h.as_bytes()).is_err()
         {
-            return Err(ConfigError {
-                var: "TPS_RATE_LIMIT_CLIENT_HEADER".into(),
-                value: h.clone(),
-                reason: "not a valid header name".into(),
-            });
+            return Err(ConfigError::new(
+                "TPS_RATE_LIMIT_CLIENT_HEADER",
+                h,
+                "not a valid header name",
+            ));
         }
         Ok(Self {
             per_sec,
@@ -78,14 +90,20 @@ struct Bucket {
 
 pub struct RateLimiter {
     config: RateLimitConfig,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    buckets: Mutex<Buckets>,
+}
+
+#[derive(Default)]
+struct Buckets {
+    by_client: HashMap<String, Bucket>,
+    swept: Option<Instant>,
 }
 
 impl RateLimiter {
     pub fn new(config: RateLimitConfig) -> Self {
         Self {
             config,
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(Buckets::default()),
         }
     }
 
@@ -93,9 +111,11 @@ impl RateLimiter {
         &self.config
     }
 
-    /// The client's key: the configured header's first value (as a proxy
-    /// appends to `x-forwarded-for`, the first entry is the original
-    /// client), else the peer's IP address, else `unknown`.
+    /// The client's key: the configured header's last entry (a proxy
+    /// appends the address it saw to `x-forwarded-for`, so the last entry
+    /// is the one the trusted proxy wrote; anything before it the client
+    /// may have sent), else the peer's IP address (IPv6 by its /64), else
+    /// `unknown`.
     pub fn client_key(
         &self,
         header: impl Fn(&str) -> Option<String>,
@@ -103,11 +123,11 @@ impl RateLimiter {
     ) -> String {
         let from_header = self.config.client_header.as_deref().and_then(|name| {
             let v = header(name)?;
-            let first = v.split(',').next()?.trim();
-            (!first.is_empty()).then(|| first.chars().take(MAX_KEY).collect::<String>())
+            let last = v.rsplit(',').next()?.trim();
+            (!last.is_empty()).then(|| last.chars().take(MAX_KEY).collect::<String>())
         });
         from_header
-            .or_else(|| peer.map(|ip| ip.to_string()))
+            .or_else(|| peer.map(peer_key))
             .unwrap_or_else(|| "unknown".to_owned())
     }
 
@@ -121,9 +141,15 @@ impl RateLimiter {
             return Ok(());
         }
         let (rate, burst) = (self.config.per_sec, self.config.burst);
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if !buckets.contains_key(client) && buckets.len() >= MAX_CLIENTS {
+        let mut guard = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let table = &mut *guard;
+        let buckets = &mut table.by_client;
+        let sweep_due = table
+            .swept
+            .is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY);
+        if !buckets.contains_key(client) && buckets.len() >= MAX_CLIENTS && sweep_due {
             // Forget the clients whose buckets have refilled: they lose nothing.
+            table.swept = Some(now);
             buckets.retain(|_, b| b.tokens + rate * now.duration_since(b.at).as_secs_f64() < burst);
         }
         let key = if buckets.contains_key(client) || buckets.len() < MAX_CLIENTS {
@@ -152,6 +178,20 @@ impl RateLimiter {
         } else {
             Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
         }
+    }
+}
+
+/// An IPv4 peer by its address; an IPv6 peer by its /64 prefix.
+fn peer_key(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+        v4 => v4.to_string(),
     }
 }
 
@@ -213,6 +253,7 @@ mod tests {
             ("TPS_RATE_LIMIT_PER_SEC", "-1"),
             ("TPS_RATE_LIMIT_PER_SEC", "fast"),
             ("TPS_RATE_LIMIT_PER_SEC", "NaN"),
+            ("TPS_RATE_LIMIT_PER_SEC", "1e-300"),
             ("TPS_RATE_LIMIT_BURST", "0"),
             ("TPS_RATE_LIMIT_CLIENT_HEADER", "bad header"),
         ] {
@@ -225,10 +266,15 @@ mod tests {
     fn the_client_is_the_header_then_the_peer() {
         let l = limiter(1.0, 1.0);
         let peer = Some("10.0.0.7".parse().unwrap());
-        let xff = |_: &str| Some("203.0.113.9, 10.0.0.1".to_owned());
+        // What the client wrote first, then what the proxy appended.
+        let xff = |_: &str| Some("1.2.3.4, 203.0.113.9".to_owned());
         assert_eq!(l.client_key(xff, peer), "203.0.113.9");
         assert_eq!(l.client_key(|_| None, peer), "10.0.0.7");
         assert_eq!(l.client_key(|_| None, None), "unknown");
+        let v6 = |a: &str| l.client_key(|_| None, Some(a.parse().unwrap()));
+        assert_eq!(v6("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(v6("2001:db8:1:2:bbbb::9"), "2001:db8:1:2::/64");
+        assert_eq!(v6("::ffff:10.0.0.7"), "10.0.0.7");
         let no_header = RateLimiter::new(RateLimitConfig {
             client_header: None,
             ..l.config().clone()
@@ -243,7 +289,7 @@ mod tests {
         {
             let mut b = l.buckets.lock().unwrap();
             for i in 0..MAX_CLIENTS {
-                b.insert(
+                b.by_client.insert(
                     format!("c{i}"),
                     Bucket {
                         tokens: 0.0,
@@ -255,9 +301,13 @@ mod tests {
         // Nobody idle: the newcomer shares the overflow bucket.
         assert!(l.check_at("new1", t0).is_ok());
         assert!(l.check_at("new2", t0).is_err());
+        // Within a second no second sweep runs, however many newcomers.
+        let t_half = t0 + Duration::from_millis(500);
+        assert!(l.check_at("new3", t_half).is_err());
+        assert!(l.buckets.lock().unwrap().by_client.len() > MAX_CLIENTS);
         // Later every old bucket has refilled and is forgotten.
         let t1 = t0 + Duration::from_secs(5);
-        assert!(l.check_at("new3", t1).is_ok());
-        assert!(l.buckets.lock().unwrap().len() < 10);
+        assert!(l.check_at("new4", t1).is_ok());
+        assert!(l.buckets.lock().unwrap().by_client.len() < 10);
     }
 }

@@ -118,7 +118,9 @@ fn requeue() -> BasicNackOptions {
 /// [`Delivery::poison_key`] of a RabbitMQ delivery taken from `queue`.
 pub fn amqp_poison_key(queue: &str, d: &lapin::message::Delivery) -> String {
     match d.properties.message_id() {
-        Some(id) => format!("rabbitmq.{queue}.id.{id}"),
+        // The bytes' hash too: a publisher reusing a message id for
+        // different garbage must not have it taken for a redelivery.
+        Some(id) => format!("rabbitmq.{queue}.id.{id}.{:016x}", fnv1a(&d.data)),
         None => format!("rabbitmq.{queue}.{:016x}", fnv1a(&d.data)),
     }
 }

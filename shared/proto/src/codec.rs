@@ -64,10 +64,17 @@ impl<U: Message + Default> Decoder for TpsDecoder<U> {
 /// the outermost `Message.field` names the bad field of the request.
 fn undecodable(e: &prost::DecodeError) -> Status {
     let text = e.to_string();
+    // The last `Message.field` element of the path (prost's reasons, such
+    // as "invalid wire type: …", hold ": " themselves, so look for the shape).
+    let is_ident = |w: &str| {
+        w.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && w.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
     let field = text
-        .rsplit(": ")
-        .nth(1)
-        .and_then(|outer| outer.split_once('.'))
+        .split(": ")
+        .filter_map(|part| part.split_once('.'))
+        .filter(|(message, field)| is_ident(message) && is_ident(field))
+        .last()
         .map_or("message", |(_, field)| field);
     let mut details = ErrorDetails::new();
     details.add_bad_request_violation(field, text.clone());
@@ -97,6 +104,15 @@ mod tests {
         let garbage = status_for(&[0xff, 0xff, 0xff]);
         assert_eq!(garbage.code(), tonic::Code::InvalidArgument);
         assert!(garbage.get_details_bad_request().is_some());
+        // idempotency_key (field 5) sent as a varint: a wire-type error
+        // whose reason holds ": " itself; the field is still named.
+        let wrong_wire = status_for(&[5 << 3, 1]);
+        let field = &wrong_wire
+            .get_details_bad_request()
+            .unwrap()
+            .field_violations[0]
+            .field;
+        assert_eq!(field, "idempotency_key", "{wrong_wire:?}");
 
         // payload (field 3) = Struct{fields: {"a": Value{struct: …}}}, 80 deep.
         let mut value = prost_types::Value::default();

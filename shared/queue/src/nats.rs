@@ -412,10 +412,14 @@ impl Queue {
 
     /// Dead letters (stream sequence and record), oldest first, of `pool`
     /// (or every pool), at most `limit`.
+    /// Dead letters, oldest first: at most `limit` of them and, so a caller
+    /// cannot make the process hold the whole stream, at most about
+    /// `max_bytes` of them (the first is always read).
     pub async fn dead_letters(
         &self,
         pool: Option<Pool>,
         limit: usize,
+        max_bytes: usize,
         which: DeadLetters,
     ) -> Result<Vec<(u64, DeadLetterItem)>, QueueError> {
         let stream = self
@@ -445,7 +449,8 @@ impl Queue {
             .await
             .map_err(broker)?;
         let mut out = Vec::new();
-        while out.len() < limit {
+        let mut bytes = 0;
+        'fetch: while out.len() < limit {
             let want = (limit - out.len()).min(256);
             let mut batch = reader
                 .fetch()
@@ -458,6 +463,10 @@ impl Queue {
                 let m = m.map_err(broker)?;
                 got += 1;
                 let seq = m.info().map_err(broker)?.stream_sequence;
+                bytes += m.payload.len();
+                if bytes > max_bytes && !out.is_empty() {
+                    break 'fetch;
+                }
                 match DeadLetterItem::decode(m.payload.clone()) {
                     Ok(d) => out.push((seq, d)),
                     Err(e) => tracing::warn!(seq, error = %e, "unreadable dead letter skipped"),

@@ -19,6 +19,17 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+impl ConfigError {
+    /// A bad `var`: its value (redact secrets before passing them) and why.
+    pub fn new(var: &str, value: &str, reason: impl Display) -> Self {
+        Self {
+            var: var.to_owned(),
+            value: value.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// A snapshot of the environment to read settings from.
 #[derive(Debug, Clone, Default)]
 pub struct Env {
@@ -63,11 +74,7 @@ impl Env {
     }
 
     fn error(var: &str, value: &str, reason: impl Display) -> ConfigError {
-        ConfigError {
-            var: var.to_owned(),
-            value: value.to_owned(),
-            reason: reason.to_string(),
-        }
+        ConfigError::new(var, value, reason)
     }
 
     /// A parsed value, or `default` when unset.
@@ -176,14 +183,20 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// `amqp://user:secret@host/` → `amqp://user:***@host/`.
+/// `amqp://user:secret@host/` → `amqp://user:***@host/`; a token alone
+/// (`nats://s3cret@host`) → `nats://***@host`; each URL of a
+/// comma-separated cluster list on its own.
 pub fn redact_url(url: &str) -> String {
+    url.split(',').map(redact_one).collect::<Vec<_>>().join(",")
+}
+
+fn redact_one(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
             match creds.split_once(':') {
                 Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
+                None => format!("{}***{}", &url[..s + 3], &url[at..]),
             }
         }
         _ => url.to_owned(),
@@ -328,6 +341,13 @@ pub struct Limits {
     /// `TPS_HTTP2_KEEPALIVE_TIMEOUT` (default 10s): ...and closed when the
     /// PING is not answered within this.
     pub http2_keepalive_timeout: Duration,
+    /// `TPS_GRPC_MAX_CONNECTION_AGE` (default `0`: off): a gRPC connection
+    /// older than this is sent GOAWAY, its calls get 30 s more to finish,
+    /// then it is closed; clients reconnect. Set it where untrusted clients
+    /// reach the port, so a client that answers PINGs but sends nothing
+    /// cannot hold a connection slot for ever. A Watch open longer is ended
+    /// with UNAVAILABLE, and must be watched again.
+    pub grpc_max_connection_age: Option<Duration>,
 }
 
 /// The documented defaults.
@@ -344,6 +364,7 @@ impl Default for Limits {
             tcp_keepalive: Some(Duration::from_secs(60)),
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),
+            grpc_max_connection_age: None,
         }
     }
 }
@@ -352,6 +373,7 @@ impl Limits {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let d = Self::default();
         let keepalive = env.duration("TPS_TCP_KEEPALIVE", Duration::from_secs(60))?;
+        let max_age = env.duration("TPS_GRPC_MAX_CONNECTION_AGE", Duration::ZERO)?;
         Ok(Self {
             max_connections: env.bounded("TPS_MAX_CONNECTIONS", d.max_connections, 1, 1_000_000)?,
             max_in_flight: env.bounded("TPS_MAX_IN_FLIGHT", d.max_in_flight, 1, 1_000_000)?,
@@ -384,6 +406,7 @@ impl Limits {
                 "TPS_HTTP2_KEEPALIVE_TIMEOUT",
                 d.http2_keepalive_timeout,
             )?,
+            grpc_max_connection_age: (!max_age.is_zero()).then_some(max_age),
         })
     }
 }
@@ -841,6 +864,11 @@ mod tests {
             "amqp://guest:***@rabbit:5672/%2f"
         );
         assert_eq!(redact_url("nats://nats:4222"), "nats://nats:4222");
+        assert_eq!(redact_url("nats://t0ken@nats:4222"), "nats://***@nats:4222");
+        assert_eq!(
+            redact_url("nats://u:pw1@a:4222,nats://u:pw2@b:4222"),
+            "nats://u:***@a:4222,nats://u:***@b:4222"
+        );
         let env = Env::from_pairs([("RABBITMQ_URL", "http://u:hunter2@x")]);
         let e = CommonConfig::from_env(&env).unwrap_err();
         assert!(!e.to_string().contains("hunter2"), "{e}");

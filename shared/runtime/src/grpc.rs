@@ -3,6 +3,7 @@
 //! way to serve a router on a bound listener until shutdown.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -76,7 +77,13 @@ pub async fn serve(
             limits.max_in_flight,
         ))
         .into_inner();
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(age) = limits.grpc_max_connection_age {
+        server = server
+            .max_connection_age(age)
+            .max_connection_age_grace(Duration::from_secs(30));
+    }
+    server
         .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
         .max_concurrent_streams(limits.grpc_max_streams)

@@ -34,6 +34,23 @@ use crate::config::Transport;
 use crate::tls::Protocol;
 use crate::transport::Acceptor;
 
+/// Every HTTP error body TPS sends (docs/api.md, "Errors"): the gateway's
+/// refusals and the listeners' own limits alike.
+pub fn error_body(
+    code: &str,
+    reason: &str,
+    message: &str,
+    details: Vec<serde_json::Value>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "success": false,
+        "code": code,
+        "reason": reason,
+        "message": message,
+        "details": details,
+    })
+}
+
 /// What a request that hit a limit gets: 504 after the request timeout,
 /// 503 (with Retry-After) when too many are in flight.
 async fn limit_response(err: BoxError) -> Response {
@@ -60,16 +77,9 @@ async fn limit_response(err: BoxError) -> Response {
             "internal error",
         )
     };
-    // The same shape as the gateway's errors (docs/api.md, "Errors").
     let mut response = (
         status,
-        axum::Json(serde_json::json!({
-            "success": false,
-            "code": code,
-            "reason": reason,
-            "message": message,
-            "details": [],
-        })),
+        axum::Json(error_body(code, reason, message, Vec::new())),
     )
         .into_response();
     if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -105,7 +115,11 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.http_header_timeout);
     let graceful = GracefulShutdown::new();
+    // Every connection's task, so the ones still open after the drain can
+    // be ended (an event stream would otherwise outlive the server).
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
             a = acceptor.accept() => a,
@@ -113,7 +127,7 @@ pub async fn serve(
         let service = service.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let peer = accepted.remote_addr();
             // The peer's address for handlers (`ConnectInfo<SocketAddr>`,
             // as axum's own serve provides it): the gateway's rate limit.
@@ -150,7 +164,11 @@ pub async fn serve(
         .await
         .is_err()
     {
-        tracing::debug!("HTTP connections still open after the drain; closing them");
+        tracing::debug!(
+            open = connections.len(),
+            "HTTP connections still open after the drain; closing them"
+        );
+        connections.abort_all();
     }
     Ok(())
 }

@@ -43,11 +43,7 @@ pub enum Protocol {
 }
 
 fn error(var: &str, value: &str, reason: impl fmt::Display) -> ConfigError {
-    ConfigError {
-        var: var.to_owned(),
-        value: value.to_owned(),
-        reason: reason.to_string(),
-    }
+    ConfigError::new(var, value, reason)
 }
 
 impl ServerTls {
