@@ -1,7 +1,7 @@
 //! Counts and timings from the result stream.
 
-use std::collections::{HashMap, HashSet};
-use std::time::SystemTime;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, SystemTime};
 
 use prometheus::{
     GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -10,19 +10,85 @@ use tps_domain::names;
 use tps_proto::v1::{Pool, SignalState, SignalType, WorkResult};
 use tps_runtime::config::SloConfig;
 
-/// Results seen, once each per (signal, attempt): a result the broker
+/// How long after a pool's newest result a duplicate of an older one is
+/// still recognised. Duplicates come from a decided item redelivered before
+/// its ack landed (a crash, an ack wait that ran out: TPS_ACK_WAIT, 30 s by
+/// default) and re-published after JetStream's own 2-minute duplicate
+/// window; ten minutes covers several of those in a row. A pool whose
+/// workers are all down makes no results, so its clock stands still and a
+/// redelivery after their return is still caught.
+pub const DEDUPE_HORIZON: Duration = Duration::from_secs(600);
+
+/// Results counted, once each per (signal, attempt): a result the broker
 /// delivered twice (a redelivered work item re-published after the
-/// duplicate window) is not counted twice.
+/// duplicate window) is not counted twice. The memory this takes is
+/// bounded: what a pool finished more than [`DEDUPE_HORIZON`] before its
+/// newest result is forgotten (at 1000 results/s, ~600 000 keys of 20
+/// bytes), instead of every result of the stream's 24 hours.
 #[derive(Default)]
 pub struct Counts {
-    seen: HashSet<(String, u32)>,
+    seen: HashMap<i32, Seen>,
     by_key: HashMap<(String, String, String), u64>,
+}
+
+/// One pool's recent results, in buckets of a minute of finish time; the
+/// clock is the newest finish time seen (stream time, so a replay from the
+/// start of the stream dedupes exactly as it did live).
+#[derive(Default)]
+struct Seen {
+    newest: u64,
+    by_minute: BTreeMap<u64, HashSet<(u128, u32)>>,
+}
+
+impl Seen {
+    /// True the first time (`key` finished at `at`, seconds) is offered.
+    fn insert(&mut self, key: (u128, u32), at: u64) -> bool {
+        if !self.by_minute.entry(at / 60).or_default().insert(key) {
+            return false;
+        }
+        if at > self.newest {
+            self.newest = at;
+            let oldest = self.newest.saturating_sub(DEDUPE_HORIZON.as_secs()) / 60;
+            // Whole minutes older than the horizon go.
+            while let Some(entry) = self.by_minute.first_entry() {
+                if *entry.key() >= oldest {
+                    break;
+                }
+                entry.remove();
+            }
+        }
+        true
+    }
+
+    fn len(&self) -> usize {
+        self.by_minute.values().map(HashSet::len).sum()
+    }
+}
+
+/// A signal id as 16 bytes (ids are UUIDs; anything else is hashed).
+fn id_key(id: &str) -> u128 {
+    match uuid::Uuid::try_parse(id) {
+        Ok(u) => u.as_u128(),
+        Err(_) => {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            id.hash(&mut h);
+            u128::from(h.finish()) | (1 << 127)
+        }
+    }
 }
 
 impl Counts {
     /// Records a result; false if it was already counted.
     pub fn record(&mut self, r: &WorkResult) -> bool {
-        if !self.seen.insert((r.signal_id.clone(), r.attempt)) {
+        let seen = self.seen.entry(r.pool).or_default();
+        // A result without a finish time (none should lack one) is placed
+        // at the pool's clock.
+        let at = r
+            .finished_at
+            .and_then(|t| u64::try_from(t.seconds).ok())
+            .unwrap_or(seen.newest);
+        if !seen.insert((id_key(&r.signal_id), r.attempt), at) {
             return false;
         }
         let key = (
@@ -41,6 +107,11 @@ impl Counts {
     /// (pool, type, outcome) → count.
     pub fn by_key(&self) -> &HashMap<(String, String, String), u64> {
         &self.by_key
+    }
+
+    /// Results remembered for deduplication, all pools.
+    pub fn remembered(&self) -> usize {
+        self.seen.values().map(Seen::len).sum()
     }
 }
 
@@ -238,6 +309,47 @@ mod tests {
             state: state as i32,
             ..Default::default()
         }
+    }
+
+    fn finished(id: &str, attempt: u32, at: i64) -> WorkResult {
+        WorkResult {
+            finished_at: Some(prost_types::Timestamp {
+                seconds: at,
+                nanos: 0,
+            }),
+            ..result(id, attempt, SignalState::Succeeded)
+        }
+    }
+
+    #[test]
+    fn dedupe_memory_is_bounded_by_the_horizon_in_stream_time() {
+        let mut c = Counts::default();
+        let t0 = 1_800_000_000;
+        let id = |i: i64| uuid::Uuid::from_u128(i as u128).to_string();
+        // A result every second for an hour: only the last ~10 minutes
+        // (plus the minute in progress) are remembered.
+        for i in 0..3600 {
+            assert!(c.record(&finished(&id(i), 1, t0 + i)));
+        }
+        let horizon = DEDUPE_HORIZON.as_secs() as usize;
+        assert!(
+            (horizon..=horizon + 120).contains(&c.remembered()),
+            "{}",
+            c.remembered()
+        );
+        // A duplicate within the horizon is still caught ...
+        assert!(!c.record(&finished(&id(3600 - 300), 1, t0 + 3600 - 300)));
+        // ... and one from long before it is counted again (the documented limit).
+        assert!(c.record(&finished(&id(5), 1, t0 + 5)));
+        assert_eq!(c.total(), 3601);
+        // Each pool keeps its own clock: a slow pool that made nothing for
+        // an hour still recognises its old result.
+        let slow = |at| WorkResult {
+            pool: Pool::Slow as i32,
+            ..finished("s", 1, at)
+        };
+        assert!(c.record(&slow(t0)));
+        assert!(!c.record(&slow(t0)));
     }
 
     #[test]
