@@ -43,7 +43,7 @@ pub struct Inputs<'a> {
     pub now: SystemTime,
 }
 
-fn percentiles(h: &Option<hdrhistogram::Histogram<u64>>) -> Option<Percentiles> {
+fn percentiles(h: &Option<hdrhistogram::Histogram<u32>>) -> Option<Percentiles> {
     let [p50_ms, p95_ms, p99_ms, max_ms] = percentiles_ms(h)?;
     Some(Percentiles {
         p50_ms,

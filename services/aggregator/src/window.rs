@@ -47,12 +47,12 @@ fn outcome_index(s: SignalState) -> Option<usize> {
     OUTCOMES.iter().position(|x| *x == s)
 }
 
-fn new_histogram() -> Histogram<u64> {
+fn new_histogram() -> Histogram<u32> {
     // Two significant digits, growing as needed from 1 µs.
     Histogram::new(2).unwrap_or_else(|_| unreachable!("2 significant digits is valid"))
 }
 
-fn merge(into: &mut Option<Histogram<u64>>, from: &Option<Histogram<u64>>) {
+fn merge(into: &mut Option<Histogram<u32>>, from: &Option<Histogram<u32>>) {
     if let Some(from) = from {
         let h = into.get_or_insert_with(new_histogram);
         // Auto-resizing histograms always accept each other's values.
@@ -60,7 +60,7 @@ fn merge(into: &mut Option<Histogram<u64>>, from: &Option<Histogram<u64>>) {
     }
 }
 
-fn record(into: &mut Option<Histogram<u64>>, d: Duration) {
+fn record(into: &mut Option<Histogram<u32>>, d: Duration) {
     let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
     let _ = into.get_or_insert_with(new_histogram).record(micros);
 }
@@ -73,9 +73,9 @@ pub struct PoolStats {
     pub slo_met: u64,
     pub slo_total: u64,
     /// Microseconds.
-    pub lead: Option<Histogram<u64>>,
-    pub cycle: Option<Histogram<u64>>,
-    pub wait: Option<Histogram<u64>>,
+    pub lead: Option<Histogram<u32>>,
+    pub cycle: Option<Histogram<u32>>,
+    pub wait: Option<Histogram<u32>>,
 }
 
 impl PoolStats {
@@ -274,7 +274,7 @@ fn bucket_at(buckets: &mut VecDeque<Bucket>, start: u64) -> &mut Bucket {
 }
 
 /// p50, p95, p99 and max of a histogram, in milliseconds.
-pub fn percentiles_ms(h: &Option<Histogram<u64>>) -> Option<[f64; 4]> {
+pub fn percentiles_ms(h: &Option<Histogram<u32>>) -> Option<[f64; 4]> {
     let h = h.as_ref().filter(|h| !h.is_empty())?;
     let ms = |us: u64| us as f64 / 1000.0;
     Some([
@@ -286,7 +286,7 @@ pub fn percentiles_ms(h: &Option<Histogram<u64>>) -> Option<[f64; 4]> {
 }
 
 /// The mean of a histogram, in seconds.
-pub fn mean_seconds(h: &Option<Histogram<u64>>) -> Option<f64> {
+pub fn mean_seconds(h: &Option<Histogram<u32>>) -> Option<f64> {
     let h = h.as_ref().filter(|h| !h.is_empty())?;
     Some(h.mean() / 1_000_000.0)
 }
