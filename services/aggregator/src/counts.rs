@@ -139,10 +139,16 @@ impl Counts {
         let seen = self.seen.entry(r.pool).or_default();
         // A result without a finish time (none should lack one) is placed
         // at the pool's clock.
+        // A worker whose clock runs ahead must not stop the pool's clock
+        // from pruning until real time catches up: at most a minute ahead.
+        let wall = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let at = r
             .finished_at
             .and_then(|t| u64::try_from(t.seconds).ok())
-            .unwrap_or(seen.newest);
+            .unwrap_or(seen.newest)
+            .min(wall + 60);
         if !seen.insert(result_key(&r.signal_id, r.attempt), at) {
             return false;
         }
@@ -379,7 +385,7 @@ mod tests {
     #[test]
     fn dedupe_memory_is_bounded_by_the_horizon_in_stream_time() {
         let mut c = Counts::default();
-        let t0 = 1_800_000_000;
+        let t0 = 1_700_000_000;
         let id = |i: i64| uuid::Uuid::from_u128(i as u128).to_string();
         // A result every second for an hour: only the last ~10 minutes
         // (plus the minute in progress) are remembered.
@@ -410,6 +416,18 @@ mod tests {
         };
         assert!(c.record(&slow(t0)));
         assert!(!c.record(&slow(t0)));
+        // One result from a clock a day ahead does not freeze pruning.
+        let ahead = (SystemTime::now() + Duration::from_secs(86_400))
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!(c.record(&finished(&id(10_000), 1, ahead)));
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let clock = c.seen[&(Pool::Fast as i32)].newest;
+        assert!(clock <= now + 61, "the pool's clock is {clock}, now {now}");
     }
 
     #[test]
