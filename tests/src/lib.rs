@@ -352,7 +352,12 @@ impl Service {
 
     /// Waits until grpc health reports SERVING (the whole server, "").
     pub async fn wait_serving(&self) {
-        let mut health = HealthClient::new(self.channel().await);
+        self.wait_serving_on(self.channel().await).await;
+    }
+
+    /// [`Service::wait_serving`] over a channel of the caller's (TLS, say).
+    pub async fn wait_serving_on(&self, channel: Channel) {
+        let mut health = HealthClient::new(channel);
         let watch = async {
             let mut stream = health
                 .watch(HealthCheckRequest {

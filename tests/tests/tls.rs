@@ -12,14 +12,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use tps_domain::json::to_struct;
-use tps_e2e::{START_DEADLINE, Service, ServingStatus, tail, tpsctl, wait_terminal};
+use tps_e2e::{START_DEADLINE, Service, tail, tpsctl, wait_terminal};
 use tps_proto::v1::signal_service_client::SignalServiceClient;
 use tps_proto::v1::{SignalState, SignalType, SubmitRequest};
 
@@ -115,29 +114,6 @@ async fn tls_channel(service: &Service, ca: &str) -> Channel {
         .unwrap_or_else(|e| panic!("TLS connect to {}: {e}", service.name))
 }
 
-async fn wait_serving(service: &Service, channel: Channel) {
-    let watch = async {
-        let mut stream = HealthClient::new(channel)
-            .watch(HealthCheckRequest::default())
-            .await
-            .expect("health watch over TLS")
-            .into_inner();
-        while let Some(Ok(update)) = stream.next().await {
-            if update.status == ServingStatus::Serving as i32 {
-                return;
-            }
-        }
-        panic!("{}: health watch ended before SERVING", service.name);
-    };
-    if tokio::time::timeout(START_DEADLINE, watch).await.is_err() {
-        panic!(
-            "{} not SERVING over TLS:\n{}",
-            service.name,
-            tail(&service.log, 40)
-        );
-    }
-}
-
 /// GET `path` over HTTPS (HTTP/1.1, trusting only `ca`); the raw answer.
 async fn https_get(addr: std::net::SocketAddr, ca: &str, path: &str) -> String {
     use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -196,8 +172,10 @@ async fn gateway_serves_grpc_and_https_over_tls_and_reaches_nats_over_tls() {
         &env("worker-fast-1"),
     );
     let channel = tls_channel(&gateway, &certs.pem).await;
-    wait_serving(&gateway, channel.clone()).await;
-    wait_serving(&worker, tls_channel(&worker, &certs.pem).await).await;
+    gateway.wait_serving_on(channel.clone()).await;
+    worker
+        .wait_serving_on(tls_channel(&worker, &certs.pem).await)
+        .await;
 
     // gRPC over TLS: a signal submitted and followed to its end.
     let mut signals = SignalServiceClient::new(channel);
