@@ -239,7 +239,15 @@ stop_system() {
 
 # /proc/PID/stat utime + stime, in clock ticks.
 cpu_ticks() { local s; s=$(cat "/proc/$1/stat"); s=${s##*) }; set -- $s; echo $(( ${12} + ${13} )); }
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# Sets RSS to VmRSS of pid $1 in KiB (0 if it is gone), without a fork.
+rss_sample() {
+    local key value rest
+    RSS=0
+    [[ -r /proc/$1/status ]] || return 0
+    while read -r key value rest; do
+        if [[ $key == VmRSS: ]]; then RSS=$value; return 0; fi
+    done < "/proc/$1/status" 2>/dev/null || true
+}
 seconds() { python3 -c 'import re,sys; m=re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)?",sys.argv[1]); v=float(m[1]); print({"ms":v/1000,"m":v*60}.get(m[2],v))' "$1"; }
 
 # The NATS server's message counters: "in_msgs out_msgs" (its /varz).
@@ -277,14 +285,19 @@ measure() {
     "$@" > "$output" &
     local cmd=$! windowed=0
     PIDS+=("$cmd")
+    # The sampling loop forks nothing but its sleep: with awk and command
+    # substitutions per sample it took ~4% of the machine's CPU away from
+    # the system it measured (perf, 2026-11-28).
+    local now
     while kill -0 "$cmd" 2>/dev/null; do
         for entry in "${all[@]}"; do
             name=${entry%%:*}; pid=${entry#*:}
-            r=$(rss_kib "$pid" 2>/dev/null || echo 0)
-            (( ${r:-0} > peak[$name] )) && peak[$name]=$r
+            rss_sample "$pid"
+            (( RSS > peak[$name] )) && peak[$name]=$RSS
         done
-        # The window closes at the first sample past it (within 0.1 s).
-        if [[ $windowed == 0 ]] && (( $(now_us) - w0 >= window_us )); then
+        # The window closes at the first sample past it (within 0.25 s).
+        now=$EPOCHREALTIME; now=$(( ${now%.*} * 1000000 + 10#${now#*.} ))
+        if [[ $windowed == 0 ]] && (( now - w0 >= window_us )); then
             for entry in "${all[@]}"; do
                 name=${entry%%:*}; pid=${entry#*:}
                 t1[$name]=$(cpu_ticks "$pid")
@@ -293,7 +306,7 @@ measure() {
             v1=$(varz)
             windowed=1
         fi
-        sleep 0.1
+        sleep 0.25
     done
     local rc=0
     wait "$cmd" || rc=$?

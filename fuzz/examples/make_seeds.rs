@@ -139,6 +139,7 @@ fn main() {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
         )]
         .into(),
+        status_revision: 42,
     };
     write(w, "work-item", &item.encode_to_vec());
     let status = SignalStatus {

@@ -93,6 +93,7 @@ pub fn check_valid(v: &ValidSubmit) {
         attempt: 1,
         enqueued_at: None,
         trace_context: Default::default(),
+        status_revision: 7,
     };
     let decoded = WorkItem::decode(item.encode_to_vec().as_slice())
         .unwrap_or_else(|e| panic!("an accepted signal's work item does not decode: {e}"));
@@ -125,6 +126,7 @@ pub fn same_work_item(a: &WorkItem, b: &WorkItem) {
     assert_eq!(a.attempt, b.attempt);
     assert_eq!(a.enqueued_at, b.enqueued_at);
     assert_eq!(a.trace_context, b.trace_context);
+    assert_eq!(a.status_revision, b.status_revision);
 }
 
 #[cfg(test)]

@@ -294,10 +294,25 @@ impl Rabbit {
     }
 
     /// Stops the node if it runs, then starts it again with the same name,
-    /// data and AMQP port, and waits until it is ready.
+    /// data and AMQP port, and waits until it is ready. The distribution
+    /// port is only the node's own: while the node was down another process
+    /// may have taken it (the node then exits with `dist_port_already_used`),
+    /// so a failed start is retried on a fresh one.
     pub fn restart(&mut self) {
         self.stop();
-        if let Err(why) = self.spawn() {
+        let mut attempt = 1;
+        while let Err(why) = self.spawn() {
+            if attempt < START_ATTEMPTS {
+                eprintln!(
+                    "rabbitmq {} restart (attempt {attempt}): {why}; retrying on a fresh distribution port\n{}",
+                    self.node,
+                    tail(&self.log, 20)
+                );
+                self.halt(true);
+                self.dist_port = free_ports(1)[0];
+                attempt += 1;
+                continue;
+            }
             panic!(
                 "rabbitmq {} did not restart on port {}: {why}\n--- {} ---\n{}\n--- stdout ---\n{}",
                 self.node,

@@ -258,6 +258,63 @@ async fn the_same_idempotency_key_is_one_signal() {
     assert_eq!(worker, 1.0, "the work ran once");
 }
 
+/// A QUEUED record whose work never reached a queue (its gateway stopped
+/// between recording QUEUED and publishing): a repeat of its key publishes
+/// the work before answering, so the signal runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_of_a_queued_record_whose_work_was_never_published_runs_it() {
+    use prost::Message as _;
+    use tps_proto::v1::{Pool, Signal, SignalStatus};
+
+    let stack = Stack::start().await;
+    let key = format!("orphan-{}", uuid::Uuid::new_v4());
+    let id = tps_domain::idempotent_id(&key).to_string();
+    let signal = Signal {
+        id: id.clone(),
+        r#type: SignalType::Validate as i32,
+        priority: 3,
+        payload: to_struct(&json!({"a": 1})),
+        idempotency_key: key.clone(),
+        pool: Pool::Fast as i32,
+        submitted_at: Some(std::time::SystemTime::now().into()),
+        ..Default::default()
+    };
+    let queued = SignalStatus {
+        signal: Some(signal),
+        state: SignalState::Queued as i32,
+        attempt: 1,
+        message: "queued".to_owned(),
+        ..Default::default()
+    };
+    let nats = async_nats::connect(&stack.nats.url).await.unwrap();
+    let bucket = tps_queue::Names::new(&stack.namespace).status_bucket();
+    async_nats::jetstream::new(nats)
+        .get_key_value(bucket)
+        .await
+        .unwrap()
+        .create(&id, queued.encode_to_vec().into())
+        .await
+        .unwrap();
+
+    let mut client = stack.signals().await;
+    let repeat = client
+        .submit(SubmitRequest {
+            r#type: SignalType::Validate as i32,
+            payload: to_struct(&json!({"a": 1})),
+            idempotency_key: key,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(repeat.id, id);
+    assert!(repeat.duplicate);
+    assert_eq!(
+        wait_terminal(&mut client, &id).await.state(),
+        SignalState::Succeeded
+    );
+}
+
 async fn prom_processed(service: &tps_e2e::Service) -> f64 {
     let text = service
         .metrics_when("tps_worker_processed_total", 1.0)
@@ -410,4 +467,87 @@ async fn a_watch_across_a_nats_restart_ends_or_finishes_but_never_hangs() {
         end == Ok(SignalState::Succeeded) || end == Err("Unavailable".to_owned()),
         "{end:?}"
     );
+}
+
+/// RUNNING is recorded once the work has run `TPS_RUNNING_AFTER` (20 ms by
+/// default): an instant VALIDATE goes from QUEUED straight to SUCCEEDED,
+/// a 300 ms EXECUTE shows RUNNING; with the setting at 0 (the slow pool
+/// here) even instant work shows it. The pools are paused while the
+/// watches start, so each watch sees every state from QUEUED on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_is_recorded_for_work_that_outlives_the_threshold() {
+    use tps_e2e::{admin, env};
+    use tps_proto::v1::{PauseRequest, Pool, ResumeRequest, WatchRequest};
+
+    let stack = Stack::start_with(StackOptions {
+        slow_env: env(&[("TPS_RUNNING_AFTER", "0")]),
+        ..Default::default()
+    })
+    .await;
+    let mut client = stack.signals().await;
+    let workers = [&stack.worker_fast, &stack.worker_slow];
+    for w in workers {
+        w.pool_client()
+            .await
+            .pause(admin(PauseRequest {}))
+            .await
+            .expect("pause");
+    }
+    let cases = [
+        (SignalType::Validate, Pool::Fast, json!({"a": 1}), false),
+        (
+            SignalType::Execute,
+            Pool::Fast,
+            json!({"duration_ms": 300}),
+            true,
+        ),
+        (SignalType::Report, Pool::Slow, json!({"a": 1}), true),
+    ];
+    let mut watches = Vec::new();
+    for (signal_type, pool, payload, _) in &cases {
+        let r = client
+            .submit(SubmitRequest {
+                r#type: *signal_type as i32,
+                pool: *pool as i32,
+                payload: to_struct(payload),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let updates = client
+            .watch(WatchRequest { id: r.id })
+            .await
+            .unwrap()
+            .into_inner();
+        watches.push(updates);
+    }
+    for w in workers {
+        w.pool_client()
+            .await
+            .resume(admin(ResumeRequest {}))
+            .await
+            .expect("resume");
+    }
+    for ((signal_type, pool, _, running), updates) in cases.iter().zip(watches) {
+        let states: Vec<SignalState> = tokio::time::timeout(
+            Duration::from_secs(20),
+            futures::StreamExt::collect::<Vec<_>>(updates),
+        )
+        .await
+        .expect("the watch ends")
+        .into_iter()
+        .map(|u| u.expect("update").state())
+        .collect();
+        let expected = if *running {
+            vec![
+                SignalState::Queued,
+                SignalState::Running,
+                SignalState::Succeeded,
+            ]
+        } else {
+            vec![SignalState::Queued, SignalState::Succeeded]
+        };
+        assert_eq!(states, expected, "{signal_type:?} on {pool:?}");
+    }
 }

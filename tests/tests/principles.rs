@@ -611,6 +611,25 @@ async fn a_full_pool_queue_refuses_with_queue_full_while_the_other_pool_flows() 
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["reason"], "QUEUE_FULL");
 
+    // The gateway records QUEUED before it publishes; a refused publish
+    // takes the record away again: a Get does not show the refused signal,
+    // and a repeat of its key later is a new signal, not a duplicate.
+    let key = format!("refused-{}", uuid::Uuid::new_v4());
+    let keyed = SubmitRequest {
+        idempotency_key: key.clone(),
+        ..long.clone()
+    };
+    let err = client.submit(keyed.clone()).await.expect_err("still full");
+    assert_eq!(reason(&err), "QUEUE_FULL");
+    let refused_id = tps_domain::idempotent_id(&key).to_string();
+    let get = client
+        .get(tps_proto::v1::GetRequest {
+            id: refused_id.clone(),
+        })
+        .await
+        .expect_err("no record of a refused signal");
+    assert_eq!(get.code(), Code::NotFound, "{get:?}");
+
     // The fast pool still takes work and finishes it.
     let fast = submit(
         &mut client,
@@ -631,6 +650,13 @@ async fn a_full_pool_queue_refuses_with_queue_full_while_the_other_pool_flows() 
     }
     // And the refusal held nothing back: there is room again.
     submit(&mut client, long).await;
+    let again = client.submit(keyed).await.unwrap().into_inner();
+    assert_eq!(again.id, refused_id);
+    assert!(!again.duplicate, "a refused key is not a duplicate");
+    assert_eq!(
+        wait_terminal(&mut client, &again.id).await.state(),
+        SignalState::Succeeded
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

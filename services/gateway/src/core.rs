@@ -26,10 +26,6 @@ use crate::metrics::Metrics;
 const REPLAY_LIMIT: usize = 10_000;
 const REPLAY_BYTES: usize = 64 * 1024 * 1024;
 
-/// Idempotency keys map to ids in this UUID v5 namespace.
-const IDEMPOTENCY_NAMESPACE: uuid::Uuid =
-    uuid::Uuid::from_u128(0x6f1d_5c3e_8a7b_4e2f_9c10_2b3a_4d5e_6f70);
-
 /// Most statuses of fallback-accepted signals kept for recording once NATS
 /// is back (beyond it the worker's RUNNING is the first record).
 const PENDING_LIMIT: usize = 100_000;
@@ -133,7 +129,7 @@ impl Core {
         let pool = routing::route(valid.signal_type, valid.pool);
         admit.record("pool", names::pool(pool));
         let id = match &valid.idempotency_key {
-            Some(key) => uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, key.as_bytes()),
+            Some(key) => tps_domain::idempotent_id(key),
             None => uuid::Uuid::now_v7(),
         }
         .to_string();
@@ -150,6 +146,9 @@ impl Core {
                 Ok(Some(existing)) => {
                     admit.record("repeat", true);
                     tracing::info!(signal_id = %id, "repeated submit answered from the first one");
+                    self.ensure_published(&existing.status)
+                        .instrument(admit.clone())
+                        .await?;
                     return Ok(response_from_status(&existing.status, self, true));
                 }
                 Ok(None) => {}
@@ -175,34 +174,8 @@ impl Core {
             submitted_at: Some(Timestamp::from(submitted_at)),
         };
         drop(admit);
-        // The worker's span continues from this one (its parent is the
-        // context carried in the work item and the broker headers).
-        let publish =
-            tracing::info_span!("publish", backend = field::Empty, duplicate = field::Empty);
-        let trace = tps_runtime::propagation::inject(&publish);
-        let item = WorkItem {
-            signal: Some(signal.clone()),
-            attempt: 1,
-            enqueued_at: Some(now()),
-            trace_context: trace.clone(),
-        };
-        let published = self
-            .enqueue(item, trace.clone())
-            .instrument(publish.clone())
-            .await?;
-        publish.record("backend", published.backend.as_str());
-        publish.record("duplicate", published.duplicate);
-        drop(publish);
-        let duplicate = published.duplicate;
-        if duplicate {
-            // The same idempotency key raced in twice within the duplicate
-            // window: the broker stored it once.
-            if let Some(existing) = self.queue.status(&id).await? {
-                return Ok(response_from_status(&existing.status, self, true));
-            }
-        }
         let status = SignalStatus {
-            signal: Some(signal),
+            signal: Some(signal.clone()),
             state: SignalState::Queued as i32,
             attempt: 1,
             message: "queued".to_owned(),
@@ -210,12 +183,65 @@ impl Core {
             updated_at: Some(now()),
             ..Default::default()
         };
-        // A worker may already have written RUNNING or a result: then the
-        // record is further along than QUEUED and is left as it is.
-        if published.backend == Backend::RabbitMq {
-            self.remember_pending(status);
-        } else if let Err(e) = self.queue.create_status(&status).await {
-            tracing::warn!(signal_id = %id, error = %e, "status not recorded; the worker will record it");
+        // QUEUED is recorded before the publish while JetStream takes the
+        // work, so the item carries the record's revision and its first
+        // delivery need not read the record back (docs/benchmarks.md). A
+        // publish that fails takes the record away again.
+        let (mut revision, mut raced) = (None, false);
+        if self.failover.nats_first() {
+            match self.queue.create_status(&status).await {
+                Ok(Some(r)) => revision = Some(r),
+                // A repeat of this key raced this submit here: the publish
+                // below still goes out (the broker drops it as a duplicate
+                // of the other's), so the answer never names work that
+                // was not made durable.
+                Ok(None) => raced = true,
+                Err(e) => {
+                    tracing::warn!(signal_id = %id, error = %e, "status not recorded before the publish; the worker will record it")
+                }
+            }
+        }
+        // The worker's span continues from this one (its parent is the
+        // context carried in the work item and the broker headers).
+        let publish =
+            tracing::info_span!("publish", backend = field::Empty, duplicate = field::Empty);
+        let trace = tps_runtime::propagation::inject(&publish);
+        let item = WorkItem {
+            signal: Some(signal),
+            attempt: 1,
+            enqueued_at: Some(now()),
+            trace_context: trace.clone(),
+            status_revision: revision.unwrap_or(0),
+        };
+        let published = match self.enqueue(item, trace).instrument(publish.clone()).await {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(r) = revision {
+                    self.forget_status(&id, r).await;
+                }
+                return Err(e);
+            }
+        };
+        publish.record("backend", published.backend.as_str());
+        publish.record("duplicate", published.duplicate);
+        drop(publish);
+        let duplicate = published.duplicate || raced;
+        if duplicate && revision.is_none() {
+            // The same idempotency key raced in twice within the duplicate
+            // window: the broker stored it once; answer from the record.
+            if let Some(existing) = self.queue.status(&id).await? {
+                return Ok(response_from_status(&existing.status, self, true));
+            }
+        }
+        if revision.is_none() {
+            // Not recorded yet: now, or once NATS is back. A worker may
+            // already have written RUNNING or a result: then the record is
+            // further along than QUEUED and is left as it is.
+            if published.backend == Backend::RabbitMq {
+                self.remember_pending(status);
+            } else if let Err(e) = self.queue.create_status(&status).await {
+                tracing::warn!(signal_id = %id, error = %e, "status not recorded; the worker will record it");
+            }
         }
         self.metrics
             .accepted
@@ -398,6 +424,7 @@ impl Core {
             attempt,
             enqueued_at: Some(now()),
             trace_context: trace.clone(),
+            status_revision: revision,
         };
         let failure = match self.enqueue(item, trace).instrument(span.clone()).await {
             Ok(p) if !p.duplicate => return Ok(()),
@@ -428,6 +455,48 @@ impl Core {
         trace: HashMap<String, String>,
     ) -> Result<tps_queue::Published, ApiError> {
         Ok(self.failover.publish_work(item, trace).await?)
+    }
+
+    /// Takes back the QUEUED record of a signal whose publish failed (if it
+    /// is still at `revision`), so a Get does not show work that was never
+    /// accepted and a repeat of its key starts afresh.
+    async fn forget_status(&self, id: &str, revision: u64) {
+        match self.queue.delete_status(id, revision).await {
+            Ok(_) => {}
+            // Left behind, the record says QUEUED for work nobody was told
+            // was accepted; a repeat of its key publishes it (below).
+            Err(e) => {
+                tracing::warn!(signal_id = %id, error = %e, "QUEUED record of a refused signal not removed")
+            }
+        }
+    }
+
+    /// Before a repeated submit is answered from a QUEUED record, makes sure
+    /// its work is on a queue: publishes the attempt again. The broker drops
+    /// it as a duplicate of the first publish (within its two-minute
+    /// window); this covers a gateway that stopped between recording QUEUED
+    /// and publishing. The copy carries no revision, so a worker reads the
+    /// record before running it, and the first decision for an attempt wins
+    /// as for any redelivery.
+    async fn ensure_published(&self, status: &SignalStatus) -> Result<(), ApiError> {
+        if status.state() != SignalState::Queued {
+            return Ok(());
+        }
+        let publish = tracing::info_span!("publish", backend = field::Empty, repeat = true);
+        let trace = tps_runtime::propagation::inject(&publish);
+        let item = WorkItem {
+            signal: status.signal.clone(),
+            attempt: status.attempt.max(1),
+            enqueued_at: Some(now()),
+            trace_context: trace.clone(),
+            status_revision: 0,
+        };
+        let published = self
+            .enqueue(item, trace)
+            .instrument(publish.clone())
+            .await?;
+        publish.record("backend", published.backend.as_str());
+        Ok(())
     }
 
     /// SERVING: not stopping, and new work can be made durable on some

@@ -24,6 +24,11 @@ pub struct Config {
     pub execute_default: Duration,
     /// `TPS_SHUTDOWN_GRACE`, default 30s: how long shutdown waits for in-flight work.
     pub shutdown_grace: Duration,
+    /// `TPS_RUNNING_AFTER`, default 20ms: RUNNING is recorded once the work
+    /// has run this long, so work that finishes sooner goes from QUEUED
+    /// straight to its outcome (one status write, not two). 0 records
+    /// RUNNING before every call. At most a third of `TPS_ACK_WAIT`.
+    pub running_after: Duration,
 }
 
 impl Config {
@@ -35,15 +40,29 @@ impl Config {
         })?;
         let execute_ms: u64 =
             env.bounded("TPS_EXECUTE_MS", 50, 0, tps_domain::work::MAX_EXECUTE_MS)?;
+        let kanban = KanbanConfig::from_env(env)?;
+        let running_after = env.duration("TPS_RUNNING_AFTER", Duration::from_millis(20))?;
+        if running_after > kanban.ack_wait / 3 {
+            return Err(ConfigError::new(
+                "TPS_RUNNING_AFTER",
+                &format!("{running_after:?}"),
+                format!(
+                    "must be at most a third of TPS_ACK_WAIT ({:?}): an item must be \
+                     claimed well before the broker may hand it to another replica",
+                    kanban.ack_wait
+                ),
+            ));
+        }
         Ok(Self {
             common: CommonConfig::from_env(env)?,
             pool,
             breaker: tps_runtime::config::breaker(env)?,
-            kanban: KanbanConfig::from_env(env)?,
+            kanban,
             grpc_addr: env.addr("TPS_GRPC_ADDR", "0.0.0.0:50052")?,
             metrics_addr: env.addr("TPS_METRICS_ADDR", "0.0.0.0:9090")?,
             execute_default: Duration::from_millis(execute_ms),
             shutdown_grace: env.duration("TPS_SHUTDOWN_GRACE", Duration::from_secs(30))?,
+            running_after,
         })
     }
 }

@@ -1,8 +1,8 @@
-//! Processing one work item: idempotency check, RUNNING, the deadline, the
-//! downstream call through the breaker (with in-progress acks while it
-//! runs), then either the result (durable first), the status and the ack, or
-//! for a failed call a delayed redelivery, and after `TPS_MAX_DELIVER`
-//! deliveries the dead-letter queue.
+//! Processing one work item: idempotency check, the deadline, the downstream
+//! call through the breaker (with in-progress acks while it runs; RUNNING is
+//! recorded once it has run `TPS_RUNNING_AFTER`), then either the status
+//! (durable first), the result and the ack, or for a failed call a delayed
+//! redelivery, and after `TPS_MAX_DELIVER` deliveries the dead-letter queue.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
@@ -192,9 +192,13 @@ async fn process(worker: &Worker, message: &Delivery, item: WorkItem, delivered:
         return;
     }
 
-    // Claim the signal for this attempt (compare-and-set on its status).
-    let (mut status, revision) = match claim(worker, &item, delivered).await {
-        Claim::Run { status, revision } => (status, revision),
+    // Claim the signal for this attempt: already decided or superseded?
+    let (mut status, mut revision, recorded) = match claim(worker, &item, delivered).await {
+        Claim::Run {
+            status,
+            revision,
+            recorded,
+        } => (status, revision, recorded),
         Claim::Done(done) => {
             // Decided earlier (a crash or lost ack came between the status
             // and the ack): make sure its result is out, then ack.
@@ -228,7 +232,13 @@ async fn process(worker: &Worker, message: &Delivery, item: WorkItem, delivered:
         .with_label_values(&[pool])
         .observe(elapsed_since(&item.enqueued_at).unwrap_or(0.0));
 
-    let outcome = match run_unless_expired(worker, message, &signal).await {
+    let work = run_unless_expired(worker, message, &signal);
+    let outcome = if recorded {
+        work.await
+    } else {
+        run_recording_running(worker, work, &status, &mut revision).await
+    };
+    let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(CallError::Open(retry_after)) => {
             // Not this item's fault: put it back for later or for a
@@ -236,7 +246,7 @@ async fn process(worker: &Worker, message: &Delivery, item: WorkItem, delivered:
             status.state = SignalState::Queued as i32;
             status.message = "handed back: this replica's line is stopped (breaker open)".into();
             status.updated_at = Some(now());
-            let _ = worker.queue.update_status(&status, revision).await;
+            let _ = worker.queue.write_status(&status, revision).await;
             ack(worker, message, AckKind::Nak(Some(retry_after))).await;
             return;
         }
@@ -258,7 +268,7 @@ async fn process(worker: &Worker, message: &Delivery, item: WorkItem, delivered:
                 );
                 status.updated_at = Some(now());
                 // Informational; losing the race to another writer is fine.
-                let _ = worker.queue.update_status(&status, revision).await;
+                let _ = worker.queue.write_status(&status, revision).await;
                 ack(worker, message, AckKind::Nak(Some(delay))).await;
             }
             return;
@@ -272,8 +282,15 @@ async fn process(worker: &Worker, message: &Delivery, item: WorkItem, delivered:
 
 /// What the status says about this delivery.
 enum Claim {
-    /// Ours to run: RUNNING is recorded at `revision`.
-    Run { status: SignalStatus, revision: u64 },
+    /// Ours to run, as `status` (RUNNING) says. `recorded`: that status is
+    /// stored, at `revision`; otherwise the record is at `revision` (None:
+    /// there is none yet) and RUNNING is written only if the work outlives
+    /// `TPS_RUNNING_AFTER` ([`run_recording_running`]).
+    Run {
+        status: SignalStatus,
+        revision: Option<u64>,
+        recorded: bool,
+    },
     /// This attempt already has its terminal status.
     Done(SignalStatus),
     /// A newer attempt exists; this delivery is left over.
@@ -282,35 +299,54 @@ enum Claim {
     Unavailable,
 }
 
-/// Records RUNNING for this attempt, unless the status says it is decided or
-/// superseded. Compare-and-set, so two replicas holding the same delivery
-/// (an ack wait that ran out) cannot both believe they own it unseen.
+/// Reads the status: unless it says this attempt is decided or superseded,
+/// the delivery is ours to run. With `TPS_RUNNING_AFTER` 0, RUNNING is
+/// recorded here, before the work, by compare-and-set, so two replicas
+/// holding the same delivery (an ack wait that ran out) cannot both believe
+/// they own it unseen. Otherwise it is recorded only for work that outlives
+/// that threshold (at most a third of the ack wait, so well before the
+/// broker could hand the item to anyone else); quicker work is decided by
+/// the one compare-and-set of its outcome ([`finish`]: the first decision
+/// for an attempt wins), which spares a status write per signal.
 async fn claim(worker: &Worker, item: &WorkItem, delivered: u32) -> Claim {
     let signal = item.signal.clone().unwrap_or_default();
+    // A first delivery of an item that carries its record's revision: the
+    // gateway recorded QUEUED for this attempt at that revision just before
+    // publishing it, so the record need not be read back. Should it have
+    // moved on (another copy of the item decided it), the compare-and-set
+    // from that revision fails and the record is read as for any other
+    // delivery.
+    let mut known = (delivered == 1 && item.status_revision != 0).then_some(item.status_revision);
     for _ in 0..CAS_TRIES {
-        let entry = match worker.queue.status(&signal.id).await {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(error = %e, "status unreadable; will retry");
-                return Claim::Unavailable;
-            }
+        // The record's revision (None: there is none), and what it says if
+        // it was read.
+        let (revision, current) = match known.take() {
+            Some(revision) => (Some(revision), None),
+            None => match worker.queue.status(&signal.id).await {
+                Ok(Some(e)) => (Some(e.revision), Some(e.status)),
+                Ok(None) => (None, None),
+                Err(e) => {
+                    tracing::warn!(error = %e, "status unreadable; will retry");
+                    return Claim::Unavailable;
+                }
+            },
         };
-        if let Some(e) = &entry {
-            if e.status.attempt > item.attempt {
+        if let Some(s) = &current {
+            if s.attempt > item.attempt {
                 return Claim::Stale;
             }
-            if e.status.attempt == item.attempt && is_terminal(e.status.state()) {
-                return Claim::Done(e.status.clone());
+            if s.attempt == item.attempt && is_terminal(s.state()) {
+                return Claim::Done(s.clone());
             }
         }
-        // Failures of this attempt carry over from delivery to delivery.
-        let failures = entry
+        // Failures of this attempt carry over from delivery to delivery
+        // (none before the first delivery).
+        let failures = current
             .as_ref()
-            .filter(|e| e.status.attempt == item.attempt)
-            .map_or(0, |e| e.status.failures);
-        let trace_id = entry
-            .as_ref()
-            .map(|e| e.status.trace_id.clone())
+            .filter(|s| s.attempt == item.attempt)
+            .map_or(0, |s| s.failures);
+        let trace_id = current
+            .map(|s| s.trace_id)
             .filter(|t| !t.is_empty())
             .unwrap_or_else(tps_runtime::telemetry::current_trace_id);
         let started_at = now();
@@ -329,15 +365,19 @@ async fn claim(worker: &Worker, item: &WorkItem, delivered: u32) -> Claim {
             failures,
             ..Default::default()
         };
-        match worker
-            .queue
-            .write_status(&running, entry.map(|e| e.revision))
-            .await
-        {
+        if !worker.config.running_after.is_zero() {
+            return Claim::Run {
+                status: running,
+                revision,
+                recorded: false,
+            };
+        }
+        match worker.queue.write_status(&running, revision).await {
             Ok(Some(revision)) => {
                 return Claim::Run {
                     status: running,
-                    revision,
+                    revision: Some(revision),
+                    recorded: true,
                 };
             }
             Ok(None) => continue, // moved on meanwhile: look again
@@ -348,6 +388,60 @@ async fn claim(worker: &Worker, item: &WorkItem, delivered: u32) -> Claim {
         }
     }
     Claim::Unavailable
+}
+
+/// Runs `work`; if it is still running after `TPS_RUNNING_AFTER`, records
+/// `running` (compare-and-set from `revision`, which then follows the
+/// record) while the work goes on.
+async fn run_recording_running(
+    worker: &Worker,
+    work: impl Future<Output = Result<Outcome, CallError>>,
+    running: &SignalStatus,
+    revision: &mut Option<u64>,
+) -> Result<Outcome, CallError> {
+    tokio::pin!(work);
+    tokio::select! {
+        biased;
+        outcome = &mut work => return outcome,
+        () = tokio::time::sleep(worker.config.running_after) => {}
+    }
+    let (recorded, outcome) = tokio::join!(record_running(worker, running, *revision), work);
+    if let Some(r) = recorded {
+        *revision = Some(r);
+    }
+    outcome
+}
+
+/// Stores `running` by compare-and-set from `revision`; if the record moved
+/// on meanwhile (the gateway's QUEUED landed after the claim read none,
+/// another delivery of the item), from its new revision, unless this
+/// attempt is decided or superseded by then. The new revision, or None if
+/// RUNNING was not recorded (the outcome's compare-and-set sorts it out).
+async fn record_running(
+    worker: &Worker,
+    running: &SignalStatus,
+    mut revision: Option<u64>,
+) -> Option<u64> {
+    for _ in 0..CAS_TRIES {
+        match worker.queue.write_status(running, revision).await {
+            Ok(Some(r)) => return Some(r),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record RUNNING; the work goes on");
+                return None;
+            }
+        }
+        let id = running.signal.as_ref().map_or("", |s| s.id.as_str());
+        match worker.queue.status(id).await {
+            Ok(Some(e))
+                if e.status.attempt == running.attempt && !is_terminal(e.status.state()) =>
+            {
+                revision = Some(e.revision)
+            }
+            _ => return None,
+        }
+    }
+    None
 }
 
 fn deadline_passed(signal: &Signal) -> bool {
@@ -369,7 +463,7 @@ async fn finish(
     message: &Delivery,
     item: &WorkItem,
     mut status: SignalStatus,
-    mut revision: u64,
+    mut revision: Option<u64>,
     outcome: Outcome,
     delivered: u32,
     pulled: Instant,
@@ -383,7 +477,7 @@ async fn finish(
     status.finished_at = Some(finished_at);
     let mut decided = None;
     for _ in 0..CAS_TRIES {
-        match worker.queue.update_status(&status, revision).await {
+        match worker.queue.write_status(&status, revision).await {
             Ok(Some(_)) => {
                 decided = Some((status.clone(), true));
                 break;
@@ -398,9 +492,11 @@ async fn finish(
                     decided = Some((e.status, false));
                     break;
                 }
-                // Someone else is running it too (RUNNING over ours): the
-                // first decision wins, so try again from their revision.
-                Ok(Some(e)) => revision = e.revision,
+                // The record moved on without a decision (RUNNING by
+                // another delivery, or the gateway's QUEUED landing after
+                // the claim read none): the first decision wins, so try
+                // again from that revision.
+                Ok(Some(e)) => revision = Some(e.revision),
                 Ok(None) | Err(_) => break,
             },
             Err(e) => {
@@ -675,7 +771,7 @@ async fn dead_letter(
     message: &Delivery,
     item: &WorkItem,
     status: SignalStatus,
-    revision: u64,
+    revision: Option<u64>,
     delivered: u32,
     reason: &str,
 ) {

@@ -198,6 +198,12 @@ impl Failover {
         self.active.lock().map_or(Backend::Nats, |a| *a)
     }
 
+    /// Whether new work goes to JetStream first: connected, with its breaker
+    /// not open. (The gateway records QUEUED before such a publish.)
+    pub fn nats_first(&self) -> bool {
+        self.nats.connected() && self.breaker.snapshot().state != tps_jidoka::State::Open
+    }
+
     /// Whether a publish can be made durable somewhere right now: the
     /// fallback connected, or JetStream connected and not held out by its
     /// breaker (with a fallback configured, only an operator's force-open

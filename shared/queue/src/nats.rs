@@ -594,6 +594,17 @@ impl Queue {
         }
     }
 
+    /// Removes the status of `id` if the record is still at `revision`
+    /// (the QUEUED of a signal whose publish failed): true if it did.
+    pub async fn delete_status(&self, id: &str, revision: u64) -> Result<bool, QueueError> {
+        self.ensure_connected()?;
+        match self.status.delete_expect_revision(id, Some(revision)).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(broker(e)),
+        }
+    }
+
     /// Stores a status if the record is still at `revision` (compare and
     /// set): the new revision, or None if the record moved on.
     pub async fn update_status(
