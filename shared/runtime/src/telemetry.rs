@@ -96,6 +96,7 @@ pub fn init(service: &str, config: &CommonConfig) -> Result<TelemetryGuard, Tele
                     // so every line logged about the signal carries it.
                     .with_current_span(false)
                     .with_span_list(true)
+                    .fmt_fields(AppendJsonFields)
                     .with_writer(std::io::stderr),
             )
             .try_init()
@@ -117,6 +118,59 @@ pub fn init(service: &str, config: &CommonConfig) -> Result<TelemetryGuard, Tele
     Ok(TelemetryGuard { provider })
 }
 
+/// The JSON log layer's span fields, as tracing-subscriber's `JsonFields`
+/// writes them, except that a field recorded on a span later (`span.record`,
+/// as every signal's spans do for its id, pool and trace id) is appended to
+/// the span's JSON object instead of parsing the object and writing it out
+/// again: that parse-and-rewrite, on every record of every span whether or
+/// not a line is ever logged in it, was ~6% of the gateway's CPU at
+/// saturation (perf, docs/benchmarks.md). A field recorded twice appears
+/// twice in the stored object; a log line reads the object back as a map,
+/// where the later value wins, as it did before.
+pub struct AppendJsonFields;
+
+impl<'a> tracing_subscriber::fmt::FormatFields<'a> for AppendJsonFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        writer: tracing_subscriber::fmt::format::Writer<'_>,
+        fields: R,
+    ) -> std::fmt::Result {
+        tracing_subscriber::fmt::format::JsonFields::new().format_fields(writer, fields)
+    }
+
+    fn add_fields(
+        &self,
+        current: &'a mut tracing_subscriber::fmt::FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> std::fmt::Result {
+        use tracing_subscriber::field::VisitOutput;
+        let mut added = String::new();
+        let mut visitor = tracing_subscriber::fmt::format::JsonVisitor::new(&mut added);
+        fields.record(&mut visitor);
+        visitor.finish()?;
+        let Some(members) = added.strip_prefix('{').and_then(|a| a.strip_suffix('}')) else {
+            return Err(std::fmt::Error);
+        };
+        if members.is_empty() {
+            return Ok(());
+        }
+        if current.fields.is_empty() {
+            current.fields = added;
+            return Ok(());
+        }
+        if !current.fields.ends_with('}') {
+            return Err(std::fmt::Error);
+        }
+        current.fields.pop();
+        if current.fields != "{" {
+            current.fields.push(',');
+        }
+        current.fields.push_str(members);
+        current.fields.push('}');
+        Ok(())
+    }
+}
+
 /// The W3C trace id of a span as 32 hex digits (empty if it has none).
 pub fn trace_id(span: &tracing::Span) -> String {
     let cx = span.context();
@@ -131,4 +185,71 @@ pub fn trace_id(span: &tracing::Span) -> String {
 /// The trace id of the current span.
 pub fn current_trace_id() -> String {
     trace_id(&tracing::Span::current())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::AppendJsonFields;
+
+    /// A writer into a shared buffer, for reading what the layer logged.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn fields_recorded_later_appear_in_the_span_list_with_their_last_value() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(true)
+                .fmt_fields(AppendJsonFields)
+                .with_writer(move || writer.clone()),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let outer = tracing::info_span!(
+                "submit",
+                signal.id = tracing::field::Empty,
+                pool = "fast",
+                trace_id = tracing::field::Empty,
+                n = tracing::field::Empty,
+            );
+            outer.record("signal.id", "abc");
+            outer.record("trace_id", "0123");
+            outer.record("n", 1);
+            outer.record("n", 2);
+            let inner = tracing::info_span!(parent: &outer, "empty", later = tracing::field::Empty);
+            inner.record("later", "a \"quoted\" value");
+            inner.in_scope(|| tracing::info!(answer = 42, "hello"));
+        });
+        let out = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(out.trim()).expect(&out);
+        assert_eq!(line["message"], "hello");
+        assert_eq!(line["answer"], 42);
+        let spans = line["spans"].as_array().expect("span list");
+        assert_eq!(spans.len(), 2, "{line}");
+        assert_eq!(spans[0]["name"], "submit");
+        assert_eq!(spans[0]["signal.id"], "abc");
+        assert_eq!(spans[0]["pool"], "fast");
+        assert_eq!(spans[0]["trace_id"], "0123");
+        assert_eq!(spans[0]["n"], 2, "the later record wins");
+        assert_eq!(spans[1]["name"], "empty");
+        assert_eq!(spans[1]["later"], "a \"quoted\" value");
+    }
 }
