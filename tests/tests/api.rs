@@ -284,6 +284,7 @@ async fn a_repeat_of_a_queued_record_whose_work_was_never_published_runs_it() {
         state: SignalState::Queued as i32,
         attempt: 1,
         message: "queued".to_owned(),
+        updated_at: Some(std::time::SystemTime::now().into()),
         ..Default::default()
     };
     let nats = async_nats::connect(&stack.nats.url).await.unwrap();

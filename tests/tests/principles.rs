@@ -588,6 +588,30 @@ async fn a_full_pool_queue_refuses_with_queue_full_while_the_other_pool_flows() 
     for _ in 0..2 {
         accepted.push(submit(&mut client, long.clone()).await);
     }
+
+    // The gateway records QUEUED before it publishes; a refused publish
+    // takes the record away again: a Get does not show the refused signal,
+    // and a repeat of its key later is a new signal, not a duplicate. (The
+    // first refusal: after it the gateway records QUEUED after the publish
+    // until the pool takes work again.)
+    let key = format!("refused-{}", uuid::Uuid::new_v4());
+    let keyed = SubmitRequest {
+        idempotency_key: key.clone(),
+        ..long.clone()
+    };
+    let err = client
+        .submit(keyed.clone())
+        .await
+        .expect_err("slow queue full");
+    assert_eq!(reason(&err), "QUEUE_FULL");
+    let refused_id = tps_domain::idempotent_id(&key).to_string();
+    let get = client
+        .get(tps_proto::v1::GetRequest {
+            id: refused_id.clone(),
+        })
+        .await
+        .expect_err("no record of a refused signal");
+    assert_eq!(get.code(), Code::NotFound, "{get:?}");
     let err = client
         .submit(long.clone())
         .await
@@ -610,25 +634,6 @@ async fn a_full_pool_queue_refuses_with_queue_full_while_the_other_pool_flows() 
     assert!(r.headers().contains_key("retry-after"));
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["reason"], "QUEUE_FULL");
-
-    // The gateway records QUEUED before it publishes; a refused publish
-    // takes the record away again: a Get does not show the refused signal,
-    // and a repeat of its key later is a new signal, not a duplicate.
-    let key = format!("refused-{}", uuid::Uuid::new_v4());
-    let keyed = SubmitRequest {
-        idempotency_key: key.clone(),
-        ..long.clone()
-    };
-    let err = client.submit(keyed.clone()).await.expect_err("still full");
-    assert_eq!(reason(&err), "QUEUE_FULL");
-    let refused_id = tps_domain::idempotent_id(&key).to_string();
-    let get = client
-        .get(tps_proto::v1::GetRequest {
-            id: refused_id.clone(),
-        })
-        .await
-        .expect_err("no record of a refused signal");
-    assert_eq!(get.code(), Code::NotFound, "{get:?}");
 
     // The fast pool still takes work and finishes it.
     let fast = submit(

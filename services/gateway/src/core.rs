@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::{Stream, StreamExt};
@@ -26,6 +27,10 @@ use crate::metrics::Metrics;
 const REPLAY_LIMIT: usize = 10_000;
 const REPLAY_BYTES: usize = 64 * 1024 * 1024;
 
+/// A repeat of a QUEUED record younger than this publishes its work again
+/// ([`Core::ensure_published`]); JetStream's duplicate window is 120 s.
+const REPUBLISH_WITHIN: Duration = Duration::from_secs(100);
+
 /// Most statuses of fallback-accepted signals kept for recording once NATS
 /// is back (beyond it the worker's RUNNING is the first record).
 const PENDING_LIMIT: usize = 100_000;
@@ -38,6 +43,11 @@ pub struct Core {
     /// QUEUED statuses of signals accepted on RabbitMQ while NATS was down,
     /// written to the status bucket when it is back (see [`Core::flush_pending`]).
     pub pending: std::sync::Mutex<Vec<SignalStatus>>,
+    /// Per pool (fast, slow): its last publish was refused as QUEUE_FULL.
+    /// While set, QUEUED is recorded after the publish (the old order), so
+    /// a flood of refusals costs the status bucket nothing; the first
+    /// publish that goes through clears it.
+    pub queue_full: [std::sync::atomic::AtomicBool; 2],
     pub admin: tps_runtime::admin::AdminToken,
     /// Per-client submit rate limit ([`crate::ratelimit`]).
     pub limiter: crate::ratelimit::RateLimiter,
@@ -148,7 +158,7 @@ impl Core {
                     tracing::info!(signal_id = %id, "repeated submit answered from the first one");
                     self.ensure_published(&existing.status)
                         .instrument(admit.clone())
-                        .await?;
+                        .await;
                     return Ok(response_from_status(&existing.status, self, true));
                 }
                 Ok(None) => {}
@@ -188,7 +198,8 @@ impl Core {
         // delivery need not read the record back (docs/benchmarks.md). A
         // publish that fails takes the record away again.
         let (mut revision, mut raced) = (None, false);
-        if self.failover.nats_first() {
+        let full = &self.queue_full[usize::from(pool == Pool::Slow)];
+        if self.failover.nats_first() && !full.load(Ordering::Relaxed) {
             match self.queue.create_status(&status).await {
                 Ok(Some(r)) => revision = Some(r),
                 // A repeat of this key raced this submit here: the publish
@@ -216,12 +227,16 @@ impl Core {
         let published = match self.enqueue(item, trace).instrument(publish.clone()).await {
             Ok(p) => p,
             Err(e) => {
+                if matches!(e, ApiError::QueueFull { .. }) {
+                    full.store(true, Ordering::Relaxed);
+                }
                 if let Some(r) = revision {
                     self.forget_status(&id, r).await;
                 }
                 return Err(e);
             }
         };
+        full.store(false, Ordering::Relaxed);
         publish.record("backend", published.backend.as_str());
         publish.record("duplicate", published.duplicate);
         drop(publish);
@@ -472,15 +487,22 @@ impl Core {
     }
 
     /// Before a repeated submit is answered from a QUEUED record, makes sure
-    /// its work is on a queue: publishes the attempt again. The broker drops
-    /// it as a duplicate of the first publish (within its two-minute
-    /// window); this covers a gateway that stopped between recording QUEUED
-    /// and publishing. The copy carries no revision, so a worker reads the
-    /// record before running it, and the first decision for an attempt wins
-    /// as for any redelivery.
-    async fn ensure_published(&self, status: &SignalStatus) -> Result<(), ApiError> {
-        if status.state() != SignalState::Queued {
-            return Ok(());
+    /// its work is on a queue: publishes the attempt again. This covers a
+    /// gateway that stopped between recording QUEUED and publishing. Only
+    /// while JetStream takes work and only for a record younger than
+    /// [`REPUBLISH_WITHIN`], so that the broker drops the copy as a duplicate
+    /// of a first publish that did happen (its window is two minutes): a
+    /// copy that got through would run the work twice (one decision still
+    /// wins). A copy that cannot be published is logged, and the repeat is
+    /// answered from the record as before.
+    async fn ensure_published(&self, status: &SignalStatus) {
+        let young = status
+            .updated_at
+            .and_then(|t| SystemTime::try_from(t).ok())
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age < REPUBLISH_WITHIN);
+        if status.state() != SignalState::Queued || !young || !self.failover.nats_first() {
+            return;
         }
         let publish = tracing::info_span!("publish", backend = field::Empty, repeat = true);
         let trace = tps_runtime::propagation::inject(&publish);
@@ -491,12 +513,15 @@ impl Core {
             trace_context: trace.clone(),
             status_revision: 0,
         };
-        let published = self
-            .enqueue(item, trace)
-            .instrument(publish.clone())
-            .await?;
-        publish.record("backend", published.backend.as_str());
-        Ok(())
+        match self.enqueue(item, trace).instrument(publish.clone()).await {
+            Ok(published) => {
+                publish.record("backend", published.backend.as_str());
+            }
+            Err(e) => {
+                let id = status.signal.as_ref().map_or("", |s| s.id.as_str());
+                tracing::warn!(signal_id = %id, error = %e, "repeat: the QUEUED record's work not published again; answering from the record");
+            }
+        }
     }
 
     /// SERVING: not stopping, and new work can be made durable on some

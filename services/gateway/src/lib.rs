@@ -57,6 +57,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let core = Arc::new(core::Core {
         failover,
         pending: std::sync::Mutex::new(Vec::new()),
+        queue_full: Default::default(),
         admin: config.common.admin_token.clone(),
         limiter: ratelimit::RateLimiter::new(config.rate_limit.clone()),
         queue,

@@ -246,7 +246,7 @@ async fn process(worker: &Worker, message: &Delivery, item: WorkItem, delivered:
             status.state = SignalState::Queued as i32;
             status.message = "handed back: this replica's line is stopped (breaker open)".into();
             status.updated_at = Some(now());
-            let _ = worker.queue.write_status(&status, revision).await;
+            let _ = write_undecided(worker, &status, revision).await;
             ack(worker, message, AckKind::Nak(Some(retry_after))).await;
             return;
         }
@@ -267,8 +267,9 @@ async fn process(worker: &Worker, message: &Delivery, item: WorkItem, delivered:
                     worker.config.kanban.max_deliver
                 );
                 status.updated_at = Some(now());
-                // Informational; losing the race to another writer is fine.
-                let _ = worker.queue.write_status(&status, revision).await;
+                // The failure count lives in the record: it must land even
+                // if the gateway's QUEUED did after the claim read none.
+                let _ = write_undecided(worker, &status, revision).await;
                 ack(worker, message, AckKind::Nak(Some(delay))).await;
             }
             return;
@@ -405,37 +406,37 @@ async fn run_recording_running(
         outcome = &mut work => return outcome,
         () = tokio::time::sleep(worker.config.running_after) => {}
     }
-    let (recorded, outcome) = tokio::join!(record_running(worker, running, *revision), work);
+    let (recorded, outcome) = tokio::join!(write_undecided(worker, running, *revision), work);
     if let Some(r) = recorded {
         *revision = Some(r);
     }
     outcome
 }
 
-/// Stores `running` by compare-and-set from `revision`; if the record moved
+/// Stores a non-terminal `status` (RUNNING, or QUEUED after a failed or
+/// handed-back try) by compare-and-set from `revision`; if the record moved
 /// on meanwhile (the gateway's QUEUED landed after the claim read none,
 /// another delivery of the item), from its new revision, unless this
 /// attempt is decided or superseded by then. The new revision, or None if
-/// RUNNING was not recorded (the outcome's compare-and-set sorts it out).
-async fn record_running(
+/// it was not stored (for RUNNING, the outcome's compare-and-set sorts it
+/// out).
+async fn write_undecided(
     worker: &Worker,
-    running: &SignalStatus,
+    status: &SignalStatus,
     mut revision: Option<u64>,
 ) -> Option<u64> {
     for _ in 0..CAS_TRIES {
-        match worker.queue.write_status(running, revision).await {
+        match worker.queue.write_status(status, revision).await {
             Ok(Some(r)) => return Some(r),
             Ok(None) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "could not record RUNNING; the work goes on");
+                tracing::warn!(error = %e, state = names::state(status.state()), "status not stored");
                 return None;
             }
         }
-        let id = running.signal.as_ref().map_or("", |s| s.id.as_str());
+        let id = status.signal.as_ref().map_or("", |s| s.id.as_str());
         match worker.queue.status(id).await {
-            Ok(Some(e))
-                if e.status.attempt == running.attempt && !is_terminal(e.status.state()) =>
-            {
+            Ok(Some(e)) if e.status.attempt == status.attempt && !is_terminal(e.status.state()) => {
                 revision = Some(e.revision)
             }
             _ => return None,
