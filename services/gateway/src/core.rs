@@ -489,8 +489,9 @@ impl Core {
     /// Before a repeated submit is answered from a QUEUED record, makes sure
     /// its work is on a queue: publishes the attempt again. This covers a
     /// gateway that stopped between recording QUEUED and publishing. Only
-    /// while JetStream takes work and only for a record younger than
-    /// [`REPUBLISH_WITHIN`], so that the broker drops the copy as a duplicate
+    /// for a record as a gateway wrote it (no worker has touched it: no
+    /// worker id, no failed try), while JetStream takes work, and younger
+    /// than [`REPUBLISH_WITHIN`], so that the broker drops the copy as a duplicate
     /// of a first publish that did happen (its window is two minutes): a
     /// copy that got through would run the work twice (one decision still
     /// wins). A copy that cannot be published is logged, and the repeat is
@@ -501,7 +502,12 @@ impl Core {
             .and_then(|t| SystemTime::try_from(t).ok())
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .is_some_and(|age| age < REPUBLISH_WITHIN);
-        if status.state() != SignalState::Queued || !young || !self.failover.nats_first() {
+        let untouched = status.worker_id.is_empty() && status.failures == 0;
+        if status.state() != SignalState::Queued
+            || !untouched
+            || !young
+            || !self.failover.nats_first()
+        {
             return;
         }
         let publish = tracing::info_span!("publish", backend = field::Empty, repeat = true);
