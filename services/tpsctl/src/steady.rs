@@ -102,8 +102,9 @@ pub struct Shot {
     /// so a stall cannot hide (no coordinated omission).
     pub latency: Duration,
     /// Open model: due → the submit's task starting to send it, the
-    /// generator's own lateness (its timer wakes on whole milliseconds; a
-    /// busy machine adds more), part of `latency`. None in a closed model.
+    /// generator's own lateness (its pacer thread's wake-up and the
+    /// runtime picking the task up; a busy machine adds more), part of
+    /// `latency`. None in a closed model.
     pub lag: Option<Duration>,
     pub sent: Sent,
 }
@@ -131,12 +132,18 @@ pub fn grpc_submitter(channels: Vec<Channel>, make: Make) -> SubmitFn {
 /// not earlier ones have answered, until `count` submits have started
 /// (None: forever) or `stop` fires; every answer goes to `shots`. Returns
 /// when the last submit has answered.
+///
+/// The schedule is kept by a thread of its own that sleeps until each due
+/// time (the OS timer: tens of microseconds) and hands the submit to the
+/// runtime, instead of a tokio timer, which wakes on whole milliseconds
+/// and added ~1–2 ms of the generator's own lateness to every accept
+/// latency measured at 1000/s (docs/benchmarks.md).
 pub async fn open_model(
     send: SubmitFn,
     t0: Instant,
     rate: f64,
     count: Option<u64>,
-    mut stop: oneshot::Receiver<()>,
+    stop: oneshot::Receiver<()>,
     shots: mpsc::UnboundedSender<Shot>,
 ) {
     let (now, wall_now) = (Instant::now(), SystemTime::now());
@@ -145,31 +152,68 @@ pub async fn open_model(
     } else {
         wall_now - (now - t0)
     };
-    let mut inflight = tokio::task::JoinSet::new();
-    for i in 0..count.unwrap_or(u64::MAX) {
-        let due = due_at(t0, rate, i);
-        tokio::select! {
-            biased;
-            _ = &mut stop => break,
-            _ = tokio::time::sleep_until(due.into()) => {}
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch = {
+        let stopped = stopped.clone();
+        tokio::spawn(async move {
+            // A dropped sender ends the wait too, as `select!` on it did.
+            let _ = stop.await;
+            stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+        })
+    };
+    let handle = tokio::runtime::Handle::current();
+    let (done, paced) = oneshot::channel();
+    let pacer = {
+        let stopped = stopped.clone();
+        move || {
+            let mut inflight = tokio::task::JoinSet::new();
+            for i in 0..count.unwrap_or(u64::MAX) {
+                let due = due_at(t0, rate, i);
+                // In slices, so a stop is seen within 10 ms at any rate.
+                loop {
+                    if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = done.send(inflight);
+                        return;
+                    }
+                    let left = due.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    std::thread::sleep(left.min(Duration::from_millis(10)));
+                }
+                let (send, shots) = (send.clone(), shots.clone());
+                inflight.spawn_on(
+                    async move {
+                        let lag = Some(due.elapsed());
+                        let sent = send(i).await;
+                        let _ = shots.send(Shot {
+                            due_wall: wall0 + due.duration_since(t0),
+                            latency: due.elapsed(),
+                            lag,
+                            sent,
+                        });
+                    },
+                    &handle,
+                );
+                // Reap the finished ones so the set does not grow with the run.
+                while inflight.try_join_next().is_some() {}
+            }
+            let _ = done.send(inflight);
         }
-        let sending = send(i);
-        let shots = shots.clone();
-        inflight.spawn(async move {
-            let lag = Some(due.elapsed());
-            let sent = sending.await;
-            let _ = shots.send(Shot {
-                due_wall: wall0 + due.duration_since(t0),
-                latency: due.elapsed(),
-                lag,
-                sent,
-            });
-        });
-        // Reap the finished ones so the set does not grow with the run.
-        while inflight.try_join_next().is_some() {}
+    };
+    if std::thread::Builder::new()
+        .name("tpsctl-pacer".to_owned())
+        .spawn(pacer)
+        .is_err()
+    {
+        watch.abort();
+        return;
     }
     // The submits still in flight answer (or time out) within CALL_TIMEOUT.
-    while inflight.join_next().await.is_some() {}
+    if let Ok(mut inflight) = paced.await {
+        while inflight.join_next().await.is_some() {}
+    }
+    watch.abort();
 }
 
 /// What a load run saw.
