@@ -86,20 +86,7 @@ pub fn init(service: &str, config: &CommonConfig) -> Result<TelemetryGuard, Tele
     })?;
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     let result = if config.log_format == "json" {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    // Every enclosing span with its fields: the root span of
-                    // a signal (submit, process, aggregate) records trace_id,
-                    // so every line logged about the signal carries it.
-                    .with_current_span(false)
-                    .with_span_list(true)
-                    .fmt_fields(AppendJsonFields)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init()
+        registry.with(json_layer(std::io::stderr)).try_init()
     } else {
         registry
             .with(
@@ -116,6 +103,31 @@ pub fn init(service: &str, config: &CommonConfig) -> Result<TelemetryGuard, Tele
         "telemetry ready"
     );
     Ok(TelemetryGuard { provider })
+}
+
+/// The JSON log layer, writing lines to `writer`.
+fn json_layer<S, W>(
+    writer: W,
+) -> tracing_subscriber::fmt::Layer<
+    S,
+    AppendJsonFields,
+    tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Json>,
+    W,
+>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        // Every enclosing span with its fields: the root span of a signal
+        // (submit, process, aggregate) records trace_id, so every line
+        // logged about the signal carries it.
+        .with_current_span(false)
+        .with_span_list(true)
+        .fmt_fields(AppendJsonFields)
+        .with_writer(writer)
 }
 
 /// The JSON log layer's span fields, as tracing-subscriber's `JsonFields`
@@ -193,8 +205,6 @@ mod tests {
 
     use tracing_subscriber::layer::SubscriberExt;
 
-    use super::AppendJsonFields;
-
     /// A writer into a shared buffer, for reading what the layer logged.
     #[derive(Clone, Default)]
     struct Buffer(Arc<Mutex<Vec<u8>>>);
@@ -213,15 +223,8 @@ mod tests {
     fn fields_recorded_later_appear_in_the_span_list_with_their_last_value() {
         let buffer = Buffer::default();
         let writer = buffer.clone();
-        let subscriber = tracing_subscriber::registry().with(
-            tracing_subscriber::fmt::layer()
-                .json()
-                .flatten_event(true)
-                .with_current_span(false)
-                .with_span_list(true)
-                .fmt_fields(AppendJsonFields)
-                .with_writer(move || writer.clone()),
-        );
+        let subscriber =
+            tracing_subscriber::registry().with(super::json_layer(move || writer.clone()));
         tracing::subscriber::with_default(subscriber, || {
             let outer = tracing::info_span!(
                 "submit",
