@@ -256,8 +256,9 @@ varz() {
         python3 -c 'import json,sys; v=json.load(sys.stdin); print(v["in_msgs"], v["out_msgs"])'
 }
 
-# Microseconds on the wall clock, in bash alone (no process per sample).
-now_us() { local t=$EPOCHREALTIME; echo $(( ${t%.*} * 1000000 + 10#${t#*.} )); }
+# Sets NOW_US to microseconds on the wall clock, in bash alone (no fork:
+# the sampling loop calls it every 0.25 s).
+now_us() { local t=$EPOCHREALTIME; NOW_US=$(( ${t%.*} * 1000000 + 10#${t#*.} )); }
 
 # measure RESOURCES OUTPUT WINDOW CMD...: runs CMD (stdout to OUTPUT) while
 # sampling every service's RSS every 0.5 s (the peak over the whole run) and
@@ -281,14 +282,13 @@ measure() {
         name=${entry%%:*}; pid=${entry#*:}
         t0[$name]=$(cpu_ticks "$pid"); peak[$name]=0
     done
-    w0=$(now_us)
+    now_us; w0=$NOW_US
     "$@" > "$output" &
     local cmd=$! windowed=0
     PIDS+=("$cmd")
     # The sampling loop forks nothing but its sleep: with awk and command
     # substitutions per sample it took ~4% of the machine's CPU away from
     # the system it measured (perf, 2026-11-28).
-    local now
     while kill -0 "$cmd" 2>/dev/null; do
         for entry in "${all[@]}"; do
             name=${entry%%:*}; pid=${entry#*:}
@@ -296,13 +296,13 @@ measure() {
             (( RSS > peak[$name] )) && peak[$name]=$RSS
         done
         # The window closes at the first sample past it (within 0.25 s).
-        now=$EPOCHREALTIME; now=$(( ${now%.*} * 1000000 + 10#${now#*.} ))
-        if [[ $windowed == 0 ]] && (( now - w0 >= window_us )); then
+        now_us
+        if [[ $windowed == 0 ]] && (( NOW_US - w0 >= window_us )); then
             for entry in "${all[@]}"; do
                 name=${entry%%:*}; pid=${entry#*:}
                 t1[$name]=$(cpu_ticks "$pid")
             done
-            w1=$(now_us)
+            now_us; w1=$NOW_US
             v1=$(varz)
             windowed=1
         fi
@@ -313,7 +313,7 @@ measure() {
     forget_pid "$cmd"
     if [[ $windowed == 0 ]]; then
         for entry in "${all[@]}"; do name=${entry%%:*}; t1[$name]=$(cpu_ticks "${entry#*:}"); done
-        w1=$(now_us)
+        now_us; w1=$NOW_US
         v1=$(varz)
     fi
     local secs
@@ -432,7 +432,7 @@ while True:
 print(d)
 PY
 )
-    resumed=$(now_us)
+    now_us; resumed=$NOW_US
     load --gateway "$GATEWAY" pool --worker "$WORKER_FAST" --admin-token "$TOKEN" resume >/dev/null
     wait "$loader" || unsettled real-drain
     forget_pid "$loader"
