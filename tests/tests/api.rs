@@ -364,6 +364,23 @@ async fn a_signal_whose_deadline_passes_in_the_queue_expires() {
     );
 }
 
+/// Every state a Watch stream sends until it ends (within 20 s, else
+/// panics with `ends`).
+async fn watch_states(
+    updates: tonic::Streaming<tps_proto::v1::SignalStatus>,
+    ends: &str,
+) -> Vec<SignalState> {
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        futures::StreamExt::collect::<Vec<_>>(updates),
+    )
+    .await
+    .expect(ends)
+    .into_iter()
+    .map(|u| u.expect("update").state())
+    .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_ends_right_after_the_terminal_state() {
     let stack = Stack::start().await;
@@ -383,15 +400,7 @@ async fn watch_ends_right_after_the_terminal_state() {
         .unwrap()
         .into_inner();
     // The whole stream, not just up to the terminal state: it must close.
-    let states: Vec<SignalState> = tokio::time::timeout(
-        Duration::from_secs(20),
-        futures::StreamExt::collect::<Vec<_>>(updates),
-    )
-    .await
-    .expect("the watch stream closes after the terminal state")
-    .into_iter()
-    .map(|u| u.expect("update").state())
-    .collect();
+    let states = watch_states(updates, "the watch stream closes after the terminal state").await;
     assert_eq!(states.last(), Some(&SignalState::Succeeded), "{states:?}");
     assert!(
         states.contains(&SignalState::Running) || states.len() == 1,
@@ -531,15 +540,7 @@ async fn running_is_recorded_for_work_that_outlives_the_threshold() {
             .expect("resume");
     }
     for ((signal_type, pool, _, running), updates) in cases.iter().zip(watches) {
-        let states: Vec<SignalState> = tokio::time::timeout(
-            Duration::from_secs(20),
-            futures::StreamExt::collect::<Vec<_>>(updates),
-        )
-        .await
-        .expect("the watch ends")
-        .into_iter()
-        .map(|u| u.expect("update").state())
-        .collect();
+        let states = watch_states(updates, "the watch ends").await;
         let expected = if *running {
             vec![
                 SignalState::Queued,

@@ -216,15 +216,10 @@ impl Core {
         // context carried in the work item and the broker headers).
         let publish =
             tracing::info_span!("publish", backend = field::Empty, duplicate = field::Empty);
-        let trace = tps_runtime::propagation::inject(&publish);
-        let item = WorkItem {
-            signal: Some(signal),
-            attempt: 1,
-            enqueued_at: Some(now()),
-            trace_context: trace.clone(),
-            status_revision: revision.unwrap_or(0),
-        };
-        let published = match self.enqueue(item, trace).instrument(publish.clone()).await {
+        let published = match self
+            .enqueue(&publish, Some(signal), 1, revision.unwrap_or(0))
+            .await
+        {
             Ok(p) => p,
             Err(e) => {
                 if matches!(e, ApiError::QueueFull { .. }) {
@@ -433,15 +428,10 @@ impl Core {
             .update_status(&queued, entry.revision)
             .await?
             .ok_or_else(conflict)?;
-        let trace = tps_runtime::propagation::inject(span);
-        let item = WorkItem {
-            signal: Some(signal.clone()),
-            attempt,
-            enqueued_at: Some(now()),
-            trace_context: trace.clone(),
-            status_revision: revision,
-        };
-        let failure = match self.enqueue(item, trace).instrument(span.clone()).await {
+        let failure = match self
+            .enqueue(span, Some(signal.clone()), attempt, revision)
+            .await
+        {
             Ok(p) if !p.duplicate => return Ok(()),
             Ok(_) => conflict(),
             Err(e) => e,
@@ -463,13 +453,31 @@ impl Core {
         }
     }
 
-    /// Publishes through the failover publish path.
+    /// Publishes attempt `attempt` of `signal` as a work item through the
+    /// failover publish path, in `span`, whose trace context the item and
+    /// the broker headers carry (the worker's span continues from it).
+    /// `status_revision`: the revision of the signal's QUEUED record for
+    /// this attempt, 0 when unknown.
     pub async fn enqueue(
         &self,
-        item: WorkItem,
-        trace: HashMap<String, String>,
+        span: &tracing::Span,
+        signal: Option<Signal>,
+        attempt: u32,
+        status_revision: u64,
     ) -> Result<tps_queue::Published, ApiError> {
-        Ok(self.failover.publish_work(item, trace).await?)
+        let trace = tps_runtime::propagation::inject(span);
+        let item = WorkItem {
+            signal,
+            attempt,
+            enqueued_at: Some(now()),
+            trace_context: trace.clone(),
+            status_revision,
+        };
+        Ok(self
+            .failover
+            .publish_work(item, trace)
+            .instrument(span.clone())
+            .await?)
     }
 
     /// Takes back the QUEUED record of a signal whose publish failed (if it
@@ -511,15 +519,10 @@ impl Core {
             return;
         }
         let publish = tracing::info_span!("publish", backend = field::Empty, repeat = true);
-        let trace = tps_runtime::propagation::inject(&publish);
-        let item = WorkItem {
-            signal: status.signal.clone(),
-            attempt: status.attempt.max(1),
-            enqueued_at: Some(now()),
-            trace_context: trace.clone(),
-            status_revision: 0,
-        };
-        match self.enqueue(item, trace).instrument(publish.clone()).await {
+        match self
+            .enqueue(&publish, status.signal.clone(), status.attempt.max(1), 0)
+            .await
+        {
             Ok(published) => {
                 publish.record("backend", published.backend.as_str());
             }
